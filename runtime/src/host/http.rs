@@ -1,0 +1,74 @@
+//! `http`: requests to named endpoints and to URLs the job provides.
+
+use super::{HostError, HostState, duration_ms, parse_options};
+use crate::bindings::http::{Host, Request, Response};
+use crate::capability::Capability;
+use crate::http::{self as client, HttpError};
+
+impl From<HttpError> for HostError {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::UnknownEndpoint(_) | HttpError::NotConfigured { .. } => {
+                HostError::not_found(e.to_string())
+            }
+            HttpError::NotAJobUrl(_) => HostError::denied(e.to_string()),
+            HttpError::Invalid(_) => HostError::invalid(e.to_string()),
+            HttpError::Timeout { .. } => HostError::timeout(e.to_string()),
+            HttpError::Transport { .. } | HttpError::Setup(_) => HostError::io(e.to_string()),
+            HttpError::TooBig { .. } => HostError::limit(format!(
+                "{e} (limits.max_return_bytes in the lab file raises it)"
+            )),
+        }
+    }
+}
+
+impl HostState {
+    async fn send_http(&mut self, url: String, req: Request) -> Result<Response, HostError> {
+        let timeout = duration_ms(req.timeout).min(self.cx.limits.host_call_timeout);
+        let resp = self
+            .cx
+            .http
+            .send(
+                client::Request {
+                    method: req.method,
+                    url,
+                    headers: req.headers,
+                    body: req.body,
+                    timeout,
+                },
+                self.cx.limits.max_return_bytes,
+            )
+            .await?;
+        Ok(Response {
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
+        })
+    }
+}
+
+impl Host for HostState {
+    async fn call(
+        &mut self,
+        endpoint: String,
+        req: Request,
+        opts: Vec<(String, String)>,
+    ) -> Result<Response, HostError> {
+        parse_options(&opts, &[], "http.call")?;
+        self.cx.gate.check(Capability::Http, &endpoint)?;
+        let url = self.cx.http.endpoint_url(&endpoint, &req.url)?;
+        self.send_http(url, req).await
+    }
+
+    async fn fetch(
+        &mut self,
+        req: Request,
+        opts: Vec<(String, String)>,
+    ) -> Result<Response, HostError> {
+        parse_options(&opts, &[], "http.fetch")?;
+        self.cx.gate.check(Capability::Http, "job-urls")?;
+        self.cx.http.check_job_url(&req.url)?;
+        let url = req.url.clone();
+        self.send_http(url, req).await
+    }
+}

@@ -1,0 +1,88 @@
+//! `job`: the stage, the job and device config (without secrets), and the
+//! run-directory files a connector may read or write.
+
+use super::{HostError, HostState};
+use crate::bindings::job::{Host, Stage as WitStage};
+use crate::rundir::{PathError, ReadError};
+use crate::stage::Stage;
+
+impl From<PathError> for HostError {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::Refused(..) | PathError::Symlink(_) => HostError::invalid(e.to_string()),
+            PathError::Io(_, ref io) if io.kind() == std::io::ErrorKind::NotFound => {
+                HostError::not_found(e.to_string())
+            }
+            PathError::Io(..) => HostError::io(e.to_string()),
+        }
+    }
+}
+
+impl From<ReadError> for HostError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Path(p) => p.into(),
+            ReadError::TooBig { .. } => HostError::limit(format!(
+                "{e}; stream large files with `transfer` (or raise limits.max_return_bytes in the lab file)"
+            )),
+        }
+    }
+}
+
+/// Longest `device_info` value accepted, in bytes of JSON.
+const MAX_DEVICE_INFO_VALUE: usize = 64 * 1024;
+
+impl Host for HostState {
+    async fn current_stage(&mut self) -> wasmtime::Result<WitStage> {
+        Ok(match self.cx.stage {
+            Stage::Provision => WitStage::Provision,
+            Stage::FirmwareUpdate => WitStage::FirmwareUpdate,
+            Stage::Runtest => WitStage::Runtest,
+            Stage::Allocate => WitStage::Allocate,
+            Stage::Reserve => WitStage::Reserve,
+            Stage::Cleanup => WitStage::Cleanup,
+        })
+    }
+
+    async fn job_json(&mut self) -> wasmtime::Result<String> {
+        Ok(self.cx.job.guest_view().to_string())
+    }
+
+    async fn device_config_json(&mut self) -> wasmtime::Result<String> {
+        Ok(self.cx.config.guest_view().to_string())
+    }
+
+    async fn attachments(&mut self, phase: String) -> Result<Vec<String>, HostError> {
+        Ok(self.cx.rundir.list_attachments(&phase)?)
+    }
+
+    async fn read_attachment(&mut self, phase: String, name: String) -> Result<Vec<u8>, HostError> {
+        let max = self.cx.limits.max_return_bytes;
+        Ok(self.cx.rundir.read_attachment(&phase, &name, max)?)
+    }
+
+    async fn set_device_info(&mut self, key: String, value_json: String) -> Result<(), HostError> {
+        if key.is_empty() || key.len() > 128 || key.chars().any(char::is_control) {
+            return Err(HostError::invalid(
+                "device_info keys must be 1 to 128 printable characters",
+            ));
+        }
+        if value_json.len() > MAX_DEVICE_INFO_VALUE {
+            return Err(HostError::limit(format!(
+                "device_info value for `{key}` is {} bytes, over the limit of {MAX_DEVICE_INFO_VALUE}",
+                value_json.len()
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_str(&value_json).map_err(|e| {
+            HostError::invalid(format!("device_info value for `{key}` is not JSON: {e}"))
+        })?;
+        self.cx
+            .rundir
+            .set_device_info(&key, value)
+            .map_err(|e| HostError::io(format!("cannot write device-info.json: {e}")))
+    }
+
+    async fn write_artifact(&mut self, name: String, data: Vec<u8>) -> Result<(), HostError> {
+        Ok(self.cx.rundir.write_artifact(&name, &data)?)
+    }
+}

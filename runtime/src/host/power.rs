@@ -1,0 +1,51 @@
+//! `power`: the lab's command lists, named by device-config key.
+
+use super::{HostError, HostState, duration_ms};
+use crate::bindings::power::{ExecStyle, Host, RunOptions};
+use crate::capability::Capability;
+use crate::power::{self, PowerError, Style};
+
+impl From<PowerError> for HostError {
+    fn from(e: PowerError) -> Self {
+        match e {
+            PowerError::NotConfigured { .. } => HostError::not_found(e.to_string()),
+            PowerError::BadConfig(_) => HostError::invalid(e.to_string()),
+            PowerError::Timeout { .. } => HostError::timeout(e.to_string()),
+            PowerError::Failed { .. } => HostError::failed(e.to_string()),
+            PowerError::Spawn { .. } => HostError::io(e.to_string()),
+        }
+    }
+}
+
+impl Host for HostState {
+    async fn run(&mut self, key: String, opts: RunOptions) -> Result<(), HostError> {
+        self.cx.gate.check(Capability::Power, &key)?;
+        let style = match opts.style {
+            ExecStyle::Split => Style::Split,
+            ExecStyle::Shell => Style::Shell,
+        };
+        let timeout = duration_ms(opts.timeout_per_entry).min(self.cx.limits.host_call_timeout);
+        power::run_list(&self.cx.config, &key, style, timeout).await?;
+        Ok(())
+    }
+
+    async fn cycle_control_host(
+        &mut self,
+        manage_dut_power: bool,
+        timeout: u64,
+    ) -> Result<(), HostError> {
+        for key in ["control_host_reboot_script"].into_iter().chain(
+            manage_dut_power
+                .then_some(["poweroff_script", "poweron_script"])
+                .into_iter()
+                .flatten(),
+        ) {
+            self.cx.gate.check(Capability::Power, key)?;
+        }
+        self.cx.gate.check(Capability::Http, "control-host")?;
+        let timeout = duration_ms(timeout).min(self.cx.limits.host_call_timeout);
+        crate::control_host::power_cycle(&self.cx, manage_dut_power, timeout)
+            .await
+            .map_err(|e| HostError::timeout(e.to_string()))
+    }
+}

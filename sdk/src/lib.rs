@@ -1,0 +1,230 @@
+//! # testflinger-connector
+//!
+//! The SDK for writing a Testflinger device connector (a provision type)
+//! as a WebAssembly component. The runtime (`testflinger-device-connectors`)
+//! loads the component once per stage, in a sandbox: the connector reaches
+//! the device only through the capabilities below, by *name* (`"device"`,
+//! `"reboot_script"`, `"control-host"`), and the lab decides what each name
+//! means and whether it is granted.
+//!
+//! A connector is a `cdylib` crate built with
+//! `cargo build --target wasm32-wasip2`, with a `connector.toml` next to
+//! its `Cargo.toml` declaring what it serves and needs:
+//!
+//! ```toml
+//! description = "Devices that cannot be re-imaged: provision only checks SSH"
+//! provision_types = ["noprovision"]
+//!
+//! [capabilities]
+//! ssh = ["device"]
+//! power = ["reboot_script"]
+//! ```
+//!
+//! and one type implementing [`Connector`]:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use testflinger_connector::prelude::*;
+//!
+//! struct Noprovision;
+//!
+//! impl Connector for Noprovision {
+//!     fn new() -> Self {
+//!         Noprovision
+//!     }
+//!
+//!     fn provision(&mut self) -> PhaseResult<()> {
+//!         if ssh::wait_reachable("device", Duration::from_secs(60)).is_err() {
+//!             power::run("reboot_script").map_err(PhaseError::recovery_on_timeout)?;
+//!             ssh::wait_reachable("device", Duration::from_secs(300))
+//!                 .map_err(|_| PhaseError::failed("Failed to boot test image!"))?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! export_connector!(Noprovision);
+//! ```
+//!
+//! Stages a connector does not implement return [`PhaseError::Unsupported`]
+//! and the runtime runs its native default (the reference behaviour of
+//! `runtest`, `reserve`, `allocate`, `cleanup`).
+
+#![warn(missing_docs)]
+
+/// Generated bindings of the `connector` world. Connectors normally use the
+/// wrappers of this crate instead.
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "connector",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_connector_world",
+        default_bindings_module: "testflinger_connector::bindings",
+    });
+}
+
+mod error;
+pub mod hooks;
+pub mod http;
+pub mod job;
+pub mod log;
+pub mod power;
+pub mod serial;
+pub mod ssh;
+pub mod transfer;
+
+pub use error::{Error, ErrorKind, PhaseError, PhaseResult, Result};
+
+/// Everything a connector usually needs.
+pub mod prelude {
+    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseResult};
+    pub use crate::job::Stage;
+    pub use crate::{Connector, export_connector};
+    pub use crate::{debug, error, info, warn};
+    pub use crate::{hooks, http, job, log, power, serial, ssh, transfer};
+}
+
+/// The WIT package version this SDK builds against.
+pub const WIT_VERSION: &str = __wit_version!();
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __wit_version {
+    () => {
+        "0.1.0"
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sdk_version {
+    () => {
+        "0.1.0"
+    };
+}
+
+/// A provision type's behaviour, one method per stage. Every method has a
+/// default that returns [`PhaseError::Unsupported`], which makes the
+/// runtime run its native default for that stage.
+pub trait Connector {
+    /// Creates the connector. Called once per stage invocation.
+    fn new() -> Self
+    where
+        Self: Sized;
+
+    /// Puts the job's image on the device and makes it reachable.
+    fn provision(&mut self) -> PhaseResult<()> {
+        Err(PhaseError::Unsupported)
+    }
+
+    /// Updates the device's firmware.
+    fn firmware_update(&mut self) -> PhaseResult<()> {
+        Err(PhaseError::Unsupported)
+    }
+
+    /// Runs the job's tests and returns their exit status.
+    fn runtest(&mut self) -> PhaseResult<i32> {
+        Err(PhaseError::Unsupported)
+    }
+
+    /// Holds the device for a multi-device job.
+    fn allocate(&mut self) -> PhaseResult<()> {
+        Err(PhaseError::Unsupported)
+    }
+
+    /// Gives the job's users access to the device.
+    fn reserve(&mut self) -> PhaseResult<()> {
+        Err(PhaseError::Unsupported)
+    }
+
+    /// Releases whatever the job took.
+    fn cleanup(&mut self) -> PhaseResult<()> {
+        Err(PhaseError::Unsupported)
+    }
+}
+
+#[doc(hidden)]
+pub fn __run<C: Connector, T>(
+    f: impl FnOnce(&mut C) -> PhaseResult<T>,
+) -> core::result::Result<T, bindings::testflinger::connector::types::PhaseError> {
+    let mut connector = C::new();
+    f(&mut connector).map_err(PhaseError::into_wit)
+}
+
+#[doc(hidden)]
+pub const fn __manifest_bytes<const N: usize>(text: &str) -> [u8; N] {
+    let bytes = text.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// Exports `$ty` (a [`Connector`]) as the component's `phases`, and embeds
+/// the connector manifest: the crate's name and version, the WIT and SDK
+/// versions, and the contents of the crate's `connector.toml`.
+#[macro_export]
+macro_rules! export_connector {
+    ($ty:ty) => {
+        const __TF_CONNECTOR_MANIFEST_TEXT: &str = concat!(
+            "name = \"",
+            env!("CARGO_PKG_NAME"),
+            "\"\nversion = \"",
+            env!("CARGO_PKG_VERSION"),
+            "\"\nwit = \"",
+            $crate::__wit_version!(),
+            "\"\nsdk = \"",
+            $crate::__sdk_version!(),
+            "\"\n",
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/connector.toml")),
+        );
+
+        #[used]
+        #[cfg_attr(
+            target_arch = "wasm32",
+            unsafe(link_section = "testflinger:connector-manifest")
+        )]
+        static __TF_CONNECTOR_MANIFEST: [u8; __TF_CONNECTOR_MANIFEST_TEXT.len()] =
+            $crate::__manifest_bytes(__TF_CONNECTOR_MANIFEST_TEXT);
+
+        struct __TfConnectorExport;
+
+        impl $crate::bindings::exports::testflinger::connector::phases::Guest for __TfConnectorExport {
+            fn provision() -> ::core::result::Result<(), $crate::bindings::testflinger::connector::types::PhaseError> {
+                $crate::__run::<$ty, _>(|c| c.provision())
+            }
+            fn firmware_update() -> ::core::result::Result<(), $crate::bindings::testflinger::connector::types::PhaseError> {
+                $crate::__run::<$ty, _>(|c| c.firmware_update())
+            }
+            fn runtest() -> ::core::result::Result<i32, $crate::bindings::testflinger::connector::types::PhaseError> {
+                $crate::__run::<$ty, _>(|c| c.runtest())
+            }
+            fn allocate() -> ::core::result::Result<(), $crate::bindings::testflinger::connector::types::PhaseError> {
+                $crate::__run::<$ty, _>(|c| c.allocate())
+            }
+            fn reserve() -> ::core::result::Result<(), $crate::bindings::testflinger::connector::types::PhaseError> {
+                $crate::__run::<$ty, _>(|c| c.reserve())
+            }
+            fn cleanup() -> ::core::result::Result<(), $crate::bindings::testflinger::connector::types::PhaseError> {
+                $crate::__run::<$ty, _>(|c| c.cleanup())
+            }
+        }
+
+        $crate::bindings::__export_connector_world!(__TfConnectorExport with_types_in $crate::bindings);
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_match_the_crate_and_the_wit() {
+        assert_eq!(__sdk_version!(), env!("CARGO_PKG_VERSION"));
+        let types = include_str!("../../wit/types.wit");
+        assert!(types.contains(&format!("testflinger:connector@{}", super::WIT_VERSION)));
+    }
+}
