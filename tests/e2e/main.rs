@@ -1,0 +1,5 @@
+//! End-to-end tests: the CLI binary, run as the agent runs it, against the
+//! simulated lab of `tf-labsim`.
+
+mod common;
+mod fake_connector;
