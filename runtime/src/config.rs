@@ -64,6 +64,9 @@ pub struct RuntimeSettings {
     /// Seconds to let the control host finish shutting down once it stopped
     /// answering, before its reboot script runs (reference: 10).
     pub control_host_settle_seconds: f64,
+    /// Limits for connectors running for this device (see
+    /// [`crate::limits::Limits`]).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for RuntimeSettings {
@@ -80,6 +83,7 @@ impl Default for RuntimeSettings {
             extra_ca_certs: Vec::new(),
             poll_interval_seconds: 10.0,
             control_host_settle_seconds: 10.0,
+            limits: crate::limits::Limits::default(),
         }
     }
 }

@@ -44,18 +44,31 @@ pub struct StageContext {
     pub http: crate::http::HttpClient,
 }
 
+/// Everything needed to build a [`StageContext`].
+pub struct StageSpec {
+    pub stage: Stage,
+    pub provision_type: String,
+    pub connector: ConnectorInfo,
+    pub config: DeviceConfig,
+    pub job: JobFile,
+    pub rundir: RunDir,
+    pub limits: Limits,
+    pub gate: Gate,
+}
+
 impl StageContext {
     /// Builds the context and its services.
-    pub fn new(
-        stage: Stage,
-        provision_type: String,
-        connector: ConnectorInfo,
-        config: DeviceConfig,
-        job: JobFile,
-        rundir: RunDir,
-        limits: Limits,
-        gate: Gate,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub fn new(spec: StageSpec) -> anyhow::Result<Arc<Self>> {
+        let StageSpec {
+            stage,
+            provision_type,
+            connector,
+            config,
+            job,
+            rundir,
+            limits,
+            gate,
+        } = spec;
         let ssh = SshPool::new(&config, &job, &limits)?;
         let serial = SerialHub::new(&config, &rundir, stage);
         let http = crate::http::HttpClient::new(&config, &job)?;

@@ -31,3 +31,4 @@ pub mod rundir;
 pub mod serial;
 pub mod ssh;
 pub mod stage;
+pub mod units;

@@ -3,23 +3,36 @@
 
 use std::time::Duration;
 
-/// Limits applied to a connector's store and host calls.
-#[derive(Debug, Clone)]
+use serde::Deserialize;
+
+use crate::units::{de_duration, de_size, de_usize_size};
+
+/// Limits applied to a connector's store and host calls. In YAML, sizes
+/// are bytes or strings like `"512MiB"`, durations are seconds or strings
+/// like `"2h30m"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory a connector may grow to, in bytes.
+    #[serde(rename = "memory", deserialize_with = "de_usize_size")]
     pub memory_bytes: usize,
     /// Component instances per store (a component instantiates a few core
     /// instances internally).
     pub max_instances: usize,
     /// Wall-clock budget of one stage, guest and host calls together.
+    #[serde(deserialize_with = "de_duration")]
     pub stage_timeout: Duration,
     /// Upper bound on any single host call's deadline.
+    #[serde(deserialize_with = "de_duration")]
     pub host_call_timeout: Duration,
     /// Bytes a single host call may return to the guest.
+    #[serde(deserialize_with = "de_size")]
     pub max_return_bytes: u64,
     /// Bytes of log and stdout text a connector may emit per stage.
+    #[serde(deserialize_with = "de_size")]
     pub max_log_bytes: u64,
     /// Bytes of command output buffered per SSH exec.
+    #[serde(deserialize_with = "de_size")]
     pub max_exec_output_bytes: u64,
     /// Open SSH sessions per stage.
     pub max_ssh_sessions: usize,

@@ -4,7 +4,7 @@
 //! crate's `connector.toml`, as the custom section [`SECTION`] of the
 //! component's core module.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -50,7 +50,7 @@ pub struct Manifest {
     #[serde(default)]
     pub capabilities: BTreeMap<String, Vec<String>>,
     /// Schemas of the stage data keys the connector reads
-    /// (`provision_data` ...), see [`crate::schema`].
+    /// (`provision_data` ...).
     #[serde(default)]
     pub stage_data: BTreeMap<String, toml::Value>,
 }
@@ -107,9 +107,7 @@ impl Manifest {
         let mut out = CapabilitySet::new();
         for (family, names) in &self.capabilities {
             if let Some(cap) = capability_from_key(family) {
-                out.entry(cap)
-                    .or_insert_with(BTreeSet::new)
-                    .extend(names.iter().cloned());
+                out.entry(cap).or_default().extend(names.iter().cloned());
             }
         }
         out

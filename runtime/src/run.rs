@@ -13,12 +13,11 @@ use crate::capability::Gate;
 use crate::cli::StageArgs;
 use crate::config::DeviceConfig;
 use crate::connectors;
-use crate::context::{ConnectorInfo, StageContext};
+use crate::context::{ConnectorInfo, StageContext, StageSpec};
 use crate::engine;
 use crate::error::StageError;
 use crate::host::HostState;
 use crate::job_file::JobFile;
-use crate::limits::Limits;
 use crate::manifest;
 use crate::rundir::RunDir;
 use crate::stage::Stage;
@@ -139,17 +138,17 @@ async fn run_connector(
         digest: resolved.digest.clone(),
     };
     let gate = Gate::new(&manifest.name, manifest.declared(), None);
-    let limits = Limits::default();
-    let cx = StageContext::new(
+    let limits = config.runtime.limits.clone();
+    let cx = StageContext::new(StageSpec {
         stage,
-        args.provision_type.clone(),
-        info,
+        provision_type: args.provision_type.clone(),
+        connector: info,
         config,
         job,
         rundir,
         limits,
         gate,
-    )
+    })
     .map_err(|e| fail("ConfigError", format!("{e:#}")))?;
 
     let cache_dir = engine::default_cache_dir();
