@@ -1,14 +1,22 @@
 //! The capability gate: the one place that decides whether a connector may
-//! use a capability. Every host function asks it before doing anything.
+//! use a capability, and the audit trail of what it did.
 //!
-//! A call is allowed when the capability name is declared by the
-//! connector's manifest **and** granted by the lab; whether the device
-//! config configures it is checked by the host module that resolves the
-//! name (an unconfigured target is `not-found`).
+//! A call is allowed when the name is **declared** by the connector's
+//! manifest **and granted** by the lab (the lab file's grants; without a lab
+//! pin, an embedded connector's published defaults, i.e. what it declares).
+//! Whether the device config **configures** the name is checked by the
+//! service that resolves it (an unconfigured SSH target is `not-found`,
+//! naming the config key). Every host function calls [`Gate::check`] before
+//! anything else, and records its outcome with [`Gate::audit`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::host::HostError;
+use crate::lab::UrlPattern;
 
 /// The capability families of the WIT world that reach the outside world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,60 +44,231 @@ impl Capability {
             Capability::Transfer => "transfer",
         }
     }
+
+    /// Every family.
+    pub const ALL: [Capability; 5] = [
+        Capability::Power,
+        Capability::Serial,
+        Capability::Ssh,
+        Capability::Http,
+        Capability::Transfer,
+    ];
 }
 
 /// Capability names per family.
 pub type CapabilitySet = BTreeMap<Capability, BTreeSet<String>>;
 
-/// Decides whether a call is allowed.
-#[derive(Debug, Clone)]
+/// Who is being checked, for messages and the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub connector: String,
+    pub version: String,
+    pub stage: String,
+}
+
+/// Decides whether a call is allowed and keeps the audit trail.
+#[derive(Debug)]
 pub struct Gate {
-    connector: String,
+    subject: Subject,
     declared: CapabilitySet,
-    granted: Option<CapabilitySet>,
+    granted: CapabilitySet,
+    urls: Vec<UrlPattern>,
+    /// Where the grants come from, for messages.
+    grant_source: String,
+    json: Option<Mutex<std::fs::File>>,
 }
 
 impl Gate {
-    /// A gate for `connector` that allows what it declares; `granted`
-    /// narrows it further when the lab grants explicitly (`None` = the
-    /// lab granted what the connector declares).
-    pub fn new(connector: &str, declared: CapabilitySet, granted: Option<CapabilitySet>) -> Self {
+    /// A gate for `subject` allowing `declared ∩ granted`; `urls`, when
+    /// not empty, narrows which job-provided URLs may be used.
+    pub fn new(
+        subject: Subject,
+        declared: CapabilitySet,
+        granted: CapabilitySet,
+        urls: Vec<UrlPattern>,
+        grant_source: impl Into<String>,
+    ) -> Self {
         Gate {
-            connector: connector.to_string(),
+            subject,
             declared,
             granted,
+            urls,
+            grant_source: grant_source.into(),
+            json: None,
         }
     }
 
-    /// Checks `name` of `cap`. The error names the missing declaration or
-    /// grant.
+    /// Also appends the audit trail as JSON lines to `path`.
+    pub fn with_json_audit(mut self, path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.json = Some(Mutex::new(file));
+        Ok(self)
+    }
+
+    /// The connector being checked.
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+
+    /// Checks `name` of `cap`; a denial is audited and names the missing
+    /// declaration or grant.
     pub fn check(&self, cap: Capability, name: &str) -> Result<(), HostError> {
-        let declared = self
-            .declared
-            .get(&cap)
-            .is_some_and(|names| names.contains(name) || names.contains("*"));
-        if !declared {
+        let result = self.decide(cap, name);
+        if let Err(e) = &result {
+            self.audit(
+                cap.key(),
+                name,
+                "denied",
+                Duration::ZERO,
+                Some(&e.to_string()),
+            );
+        }
+        result
+    }
+
+    fn decide(&self, cap: Capability, name: &str) -> Result<(), HostError> {
+        let Subject {
+            connector, version, ..
+        } = &self.subject;
+        if !self.declared.get(&cap).is_some_and(|n| n.contains(name)) {
             return Err(HostError::denied(format!(
-                "connector {} did not declare capability {}: {name}; add `{} = [\"{name}\"]` under [capabilities] in its connector.toml",
-                self.connector,
+                "connector {connector} {version} did not declare capability {}: {name}; its author must add `{} = [\"{name}\"]` under [capabilities] in connector.toml",
                 cap.key(),
                 cap.key()
             )));
         }
-        if let Some(granted) = &self.granted {
-            let ok = granted
-                .get(&cap)
-                .is_some_and(|names| names.contains(name) || names.contains("*"));
-            if !ok {
-                return Err(HostError::denied(format!(
-                    "capability {}: {name} is not granted to connector {}; add `{}: [{name}]` to its grants in the lab file",
-                    cap.key(),
-                    self.connector,
-                    cap.key()
-                )));
-            }
+        if !self.granted.get(&cap).is_some_and(|n| n.contains(name)) {
+            return Err(HostError::denied(format!(
+                "capability {}: {name} is not granted to connector {connector} {version}; to allow it, add `{name}` to `grants: {{{}: [...]}}` of this provision type in {}",
+                cap.key(),
+                cap.key(),
+                self.grant_source
+            )));
         }
         Ok(())
+    }
+
+    /// Checks a job-provided URL against the lab's URL patterns (after
+    /// `check(…, "job-urls")`).
+    pub fn check_url(&self, cap: Capability, url: &str) -> Result<(), HostError> {
+        if self.urls.is_empty() {
+            return Ok(());
+        }
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| HostError::invalid(format!("bad URL `{url}`: {e}")))?;
+        if self.urls.iter().any(|p| p.matches(&parsed)) {
+            return Ok(());
+        }
+        let port = parsed
+            .port_or_known_default()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let err = HostError::denied(format!(
+            "URL {url} is not covered by the URL grants of connector {} ({}); to allow it, add `{}://{}:{port}` to `grants: {{urls: [...]}}` in {}",
+            self.subject.connector,
+            self.urls
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            parsed.scheme(),
+            parsed.host_str().unwrap_or(""),
+            self.grant_source
+        ));
+        self.audit(
+            cap.key(),
+            url,
+            "denied",
+            Duration::ZERO,
+            Some(&err.to_string()),
+        );
+        Err(err)
+    }
+
+    /// Starts timing an outward call for the audit trail.
+    pub fn begin<'a>(&'a self, operation: &'a str, target: &'a str) -> AuditCall<'a> {
+        AuditCall {
+            gate: self,
+            operation,
+            target,
+            start: Instant::now(),
+        }
+    }
+
+    /// Records one audit line: on stderr (reference format with fields) and
+    /// in the JSON-lines file if configured.
+    pub fn audit(
+        &self,
+        operation: &str,
+        target: &str,
+        result: &str,
+        duration: Duration,
+        detail: Option<&str>,
+    ) {
+        let Subject {
+            connector,
+            version,
+            stage,
+        } = &self.subject;
+        let ms = duration.as_millis();
+        if result == "denied" {
+            tracing::warn!(target: "tfdc::audit", connector = %connector, version = %version, stage = %stage, capability = %operation, target = %quote(target), result = %result, duration_ms = ms, "audit");
+        } else {
+            tracing::info!(target: "tfdc::audit", connector = %connector, version = %version, stage = %stage, capability = %operation, target = %quote(target), result = %result, duration_ms = ms, "audit");
+        }
+        if let Some(file) = &self.json {
+            let line = serde_json::json!({
+                "time": chrono::Local::now().to_rfc3339(),
+                "connector": connector,
+                "version": version,
+                "stage": stage,
+                "capability": operation,
+                "target": target,
+                "result": result,
+                "duration_ms": ms as u64,
+                "detail": detail,
+            });
+            if let Ok(mut f) = file.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
+fn quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"') {
+        s.to_string()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// An outward call being timed.
+pub struct AuditCall<'a> {
+    gate: &'a Gate,
+    operation: &'a str,
+    target: &'a str,
+    start: Instant,
+}
+
+impl AuditCall<'_> {
+    /// Records the outcome and passes the result through.
+    pub fn end<T>(self, result: Result<T, HostError>) -> Result<T, HostError> {
+        let (outcome, detail) = match &result {
+            Ok(_) => ("ok", None),
+            Err(e) => (e.kind(), Some(e.to_string())),
+        };
+        self.gate.audit(
+            self.operation,
+            self.target,
+            outcome,
+            self.start.elapsed(),
+            detail.as_deref(),
+        );
+        result
     }
 }
 
@@ -105,34 +284,109 @@ mod tests {
         out
     }
 
+    fn subject() -> Subject {
+        Subject {
+            connector: "acme".into(),
+            version: "1.2.0".into(),
+            stage: "provision".into(),
+        }
+    }
+
     #[test]
-    fn declared_and_granted() {
-        let gate = Gate::new("c", set(&[(Capability::Ssh, "device")]), None);
-        assert!(gate.check(Capability::Ssh, "device").is_ok());
-        let err = gate
-            .check(Capability::Ssh, "control-host")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("did not declare") && err.contains("control-host"),
-            "{err}"
-        );
+    fn declared_and_granted_are_both_needed() {
+        let declared = set(&[
+            (Capability::Ssh, "device"),
+            (Capability::Power, "reboot_script"),
+        ]);
+        let granted = set(&[(Capability::Ssh, "device"), (Capability::Http, "maas")]);
         let gate = Gate::new(
-            "c",
-            set(&[
-                (Capability::Ssh, "device"),
-                (Capability::Power, "reboot_script"),
-            ]),
-            Some(set(&[(Capability::Ssh, "device")])),
+            subject(),
+            declared,
+            granted,
+            vec![],
+            "lab file /etc/lab.yaml (connectors.acme)",
         );
         assert!(gate.check(Capability::Ssh, "device").is_ok());
+        // Declared but not granted: the message names the grant line.
         let err = gate
             .check(Capability::Power, "reboot_script")
             .unwrap_err()
             .to_string();
+        assert!(err.contains("not granted to connector acme 1.2.0"), "{err}");
         assert!(
-            err.contains("not granted") && err.contains("power: [reboot_script]"),
+            err.contains("grants: {power: [...]}") && err.contains("/etc/lab.yaml"),
             "{err}"
         );
+        // Granted but not declared: refused too.
+        let err = gate
+            .check(Capability::Http, "maas")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("did not declare capability http: maas"),
+            "{err}"
+        );
+        // Neither.
+        assert!(gate.check(Capability::Ssh, "control-host").is_err());
+        assert!(gate.check(Capability::Serial, "console").is_err());
+    }
+
+    #[test]
+    fn url_patterns_narrow_job_urls() {
+        let caps = set(&[(Capability::Http, "job-urls")]);
+        let gate = Gate::new(
+            subject(),
+            caps.clone(),
+            caps.clone(),
+            vec![UrlPattern::parse("https://images.lab:443").unwrap()],
+            "lab",
+        );
+        assert!(
+            gate.check_url(Capability::Http, "https://images.lab/x.img")
+                .is_ok()
+        );
+        let err = gate
+            .check_url(Capability::Http, "http://images.lab/x.img")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("add `http://images.lab:80`"), "{err}");
+        assert!(
+            gate.check_url(Capability::Http, "https://images.lab:8443/x")
+                .is_err()
+        );
+        let open = Gate::new(subject(), caps.clone(), caps, vec![], "lab");
+        assert!(
+            open.check_url(Capability::Http, "http://anything:1/x")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn audit_lines_go_to_the_json_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let gate = Gate::new(
+            subject(),
+            CapabilitySet::new(),
+            CapabilitySet::new(),
+            vec![],
+            "lab",
+        )
+        .with_json_audit(&path)
+        .unwrap();
+        let _ = gate.check(Capability::Ssh, "device");
+        let call = gate.begin("ssh.exec", "device");
+        let _ = call.end(Ok::<_, HostError>(()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["result"], "denied");
+        assert_eq!(lines[0]["capability"], "ssh");
+        assert_eq!(lines[1]["result"], "ok");
+        assert_eq!(lines[1]["connector"], "acme");
+        assert_eq!(lines[1]["stage"], "provision");
     }
 }

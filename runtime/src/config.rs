@@ -64,9 +64,11 @@ pub struct RuntimeSettings {
     /// Seconds to let the control host finish shutting down once it stopped
     /// answering, before its reboot script runs (reference: 10).
     pub control_host_settle_seconds: f64,
-    /// Limits for connectors running for this device (see
-    /// [`crate::limits::Limits`]).
-    pub limits: crate::limits::Limits,
+    /// Limits for connectors running for this device, over the lab
+    /// file's (see [`crate::limits::Limits`] for the keys).
+    pub limits: Option<Value>,
+    /// Lab file to use (after `--lab` and `$TFDC_LAB_FILE`).
+    pub lab_file: Option<PathBuf>,
 }
 
 impl Default for RuntimeSettings {
@@ -83,7 +85,8 @@ impl Default for RuntimeSettings {
             extra_ca_certs: Vec::new(),
             poll_interval_seconds: 10.0,
             control_host_settle_seconds: 10.0,
-            limits: crate::limits::Limits::default(),
+            limits: None,
+            lab_file: None,
         }
     }
 }
@@ -129,6 +132,14 @@ impl DeviceConfig {
                 problem: format!("is invalid: {e}"),
             })?,
         };
+        if let Some(limits) = &runtime.limits {
+            serde_json::from_value::<crate::limits::Limits>(limits.clone()).map_err(|e| {
+                ConfigError::BadKey {
+                    key: format!("{RUNTIME_KEY}.limits"),
+                    problem: format!("is invalid: {e}"),
+                }
+            })?;
+        }
         Ok(DeviceConfig {
             path: path.to_path_buf(),
             keys,

@@ -22,6 +22,8 @@ pub struct ConnectorInfo {
     pub version: String,
     /// `sha256:<hex>` of the component.
     pub digest: String,
+    /// WIT version the connector was built against.
+    pub wit: String,
 }
 
 /// The context of one invocation.

@@ -1,19 +1,12 @@
-//! The wasmtime engine, the linker, and loading components with a cache of
-//! compiled code.
-//!
-//! Compiling a component with Cranelift costs ~150 ms; loading the compiled
-//! artifact costs well under a millisecond. So the compiled code is cached
-//! on disk, keyed by the component's digest and the engine's compatibility
-//! hash. A cache entry that fails to load (corrupt, truncated, written by
-//! another wasmtime) is a miss: it is recompiled and replaced.
+//! The wasmtime engine and the linker. Compiled code is cached by
+//! [`crate::cache`].
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
 use crate::host::HostState;
@@ -88,20 +81,6 @@ pub fn engine_fingerprint() -> &'static str {
     })
 }
 
-/// Where compiled code is cached: `$TFDC_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/testflinger-device-connectors`, else
-/// `~/.cache/testflinger-device-connectors`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("TFDC_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::home_dir().map(|h| h.join(".cache")))?;
-    Some(base.join("testflinger-device-connectors"))
-}
-
 /// How a component was obtained, for logs and benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadPath {
@@ -109,54 +88,4 @@ pub enum LoadPath {
     Cached,
     /// Compiled now (and stored in the cache if possible).
     Compiled,
-}
-
-/// Loads `bytes` (whose digest is `digest`), from the cache in `cache_dir`
-/// when possible.
-pub fn load_component(
-    bytes: &[u8],
-    digest: &str,
-    cache_dir: Option<&Path>,
-) -> wasmtime::Result<(Component, LoadPath)> {
-    let engine = engine();
-    let Some(dir) = cache_dir else {
-        return Ok((Component::new(engine, bytes)?, LoadPath::Compiled));
-    };
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    let entry = dir.join(format!("{hex}-{}.cwasm", engine_fingerprint()));
-    if entry.is_file() {
-        // SAFETY: the cache directory is private to the agent user (0700)
-        // and every entry was written by `Engine::precompile_component` of
-        // an engine with the same compatibility hash (part of the file
-        // name). Anything that fails to load is treated as a miss.
-        match unsafe { Component::deserialize_file(engine, &entry) } {
-            Ok(component) => return Ok((component, LoadPath::Cached)),
-            Err(e) => {
-                tracing::debug!(
-                    "compiled-code cache entry {} unusable ({e}); recompiling",
-                    entry.display()
-                );
-            }
-        }
-    }
-    let compiled = engine.precompile_component(bytes)?;
-    // SAFETY: these bytes were produced just above by this very engine.
-    let component = unsafe { Component::deserialize(engine, &compiled)? };
-    if let Err(e) = store_entry(dir, &entry, &compiled) {
-        tracing::debug!(
-            "cannot write compiled-code cache entry {}: {e}",
-            entry.display()
-        );
-    }
-    Ok((component, LoadPath::Compiled))
-}
-
-fn store_entry(dir: &Path, entry: &Path, compiled: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    crate::rundir::write_atomic(entry, compiled)
 }

@@ -237,6 +237,23 @@ impl HttpClient {
     }
 }
 
+/// A reqwest client (rustls) that also trusts the PEM certificates in
+/// `extra_ca`.
+pub fn build_client(extra_ca: &[std::path::PathBuf]) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().user_agent(concat!(
+        "testflinger-device-connectors/",
+        env!("CARGO_PKG_VERSION")
+    ));
+    for path in extra_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("invalid CA certificate {}: {e}", path.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
 fn classify(method: &str, url: &str, timeout: Duration, e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
         return HttpError::Timeout {

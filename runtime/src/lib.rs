@@ -10,8 +10,10 @@
 //! implement the stage.
 
 pub mod bindings;
+pub mod cache;
 pub mod capability;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connectors;
 pub mod context;
@@ -22,6 +24,7 @@ pub mod error;
 pub mod host;
 pub mod http;
 pub mod job_file;
+pub mod lab;
 pub mod limits;
 pub mod logging;
 pub mod manifest;
@@ -31,4 +34,5 @@ pub mod rundir;
 pub mod serial;
 pub mod ssh;
 pub mod stage;
+pub mod store;
 pub mod units;

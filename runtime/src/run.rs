@@ -1,7 +1,7 @@
 //! One stage invocation, end to end: read the inputs, write
-//! `device-info.json`, run the connector's export in a fresh sandbox (or
-//! the native default when it returns `unsupported`), and turn the outcome
-//! into files and an exit status.
+//! `device-info.json`, pick and verify the connector, run its export in a
+//! fresh sandbox (or the native default when it returns `unsupported`),
+//! and turn the outcome into files and an exit status.
 
 use std::sync::Arc;
 
@@ -9,18 +9,24 @@ use serde_json::{Map, Value};
 use wasmtime::Store;
 
 use crate::bindings::types::PhaseError;
-use crate::capability::Gate;
+use crate::cache::{self, CodeCache};
+use crate::capability::{Gate, Subject};
 use crate::cli::StageArgs;
 use crate::config::DeviceConfig;
-use crate::connectors;
+use crate::connectors::{self, Origin, Resolved};
 use crate::context::{ConnectorInfo, StageContext, StageSpec};
 use crate::engine;
 use crate::error::StageError;
 use crate::host::HostState;
 use crate::job_file::JobFile;
-use crate::manifest;
+use crate::lab::{self, LoadedLab};
+use crate::manifest::{self, Manifest};
 use crate::rundir::RunDir;
 use crate::stage::Stage;
+
+/// Environment variable naming a JSON-lines audit file (overrides the lab
+/// file's `audit_log`).
+pub const AUDIT_ENV: &str = "TFDC_AUDIT_LOG";
 
 /// Runs one stage and returns the process exit status. Every failure ends
 /// up logged, in `device-connector-error.json`, and as status 1 or 46.
@@ -104,6 +110,99 @@ fn failure_name(stage: Stage) -> &'static str {
     }
 }
 
+/// Whether a component built against WIT `theirs` belongs to the version
+/// line this runtime serves: same major version (same minor while the
+/// major is 0). A newer release of the same line still links as long as it
+/// only imports functions this runtime has; the linker says which ones are
+/// missing otherwise.
+pub fn wit_compatible(theirs: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut it = v.split('.').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    let (Some(t), Some(o)) = (parse(theirs), parse(crate::bindings::WIT_VERSION)) else {
+        return false;
+    };
+    if o.0 == 0 {
+        t.0 == 0 && t.1 == o.1
+    } else {
+        t.0 == o.0
+    }
+}
+
+/// A component loaded and checked, with everything needed to run it.
+pub struct Prepared {
+    pub resolved: Resolved,
+    pub manifest: Manifest,
+    pub component: wasmtime::component::Component,
+    pub load_path: engine::LoadPath,
+}
+
+/// Resolves, verifies, reads the manifest of and compiles (or loads from
+/// cache) the connector for `provision_type`.
+pub async fn prepare(
+    provision_type: &str,
+    override_path: Option<&std::path::Path>,
+    lab: Option<&LoadedLab>,
+    config: &DeviceConfig,
+) -> Result<Prepared, StageError> {
+    let fail = |msg: String| StageError::failed("ConnectorError", msg);
+    let extra_ca = config.runtime.extra_ca_certs.clone();
+    let resolved = connectors::resolve(provision_type, override_path, lab, || {
+        crate::http::build_client(&extra_ca)
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let manifest = manifest::read(&resolved.bytes).map_err(|e| {
+        fail(format!(
+            "connector for {provision_type} ({}): {e}",
+            resolved.origin
+        ))
+    })?;
+    if !wit_compatible(&manifest.wit) {
+        return Err(fail(format!(
+            "connector {} {} ({}) was built against WIT testflinger:connector@{}, but this runtime implements testflinger:connector@{} (it runs 0.{}.x components); use a connector built for this runtime",
+            manifest.name,
+            manifest.version,
+            resolved.origin,
+            manifest.wit,
+            crate::bindings::WIT_VERSION,
+            crate::bindings::WIT_VERSION
+                .split('.')
+                .nth(1)
+                .unwrap_or("?"),
+        )));
+    }
+    if let Some(pin) = &resolved.pin
+        && (pin.name != manifest.name || pin.version != manifest.version)
+    {
+        return Err(fail(format!(
+            "{}: the lab file pins {} {} but the component is {} {}",
+            resolved.origin, pin.name, pin.version, manifest.name, manifest.version
+        )));
+    }
+    if !manifest.provision_types.iter().any(|t| t == provision_type) {
+        tracing::warn!(target: "tfdc::run",
+            "connector {} serves {:?}, not {provision_type}; running it because it was chosen explicitly",
+            manifest.name, manifest.provision_types);
+    }
+    let loaded = match cache::default_dir() {
+        Some(dir) => {
+            CodeCache::new(dir, cache::DEFAULT_MAX_BYTES).load(&resolved.bytes, &resolved.digest)
+        }
+        None => wasmtime::component::Component::new(engine::engine(), &*resolved.bytes)
+            .map(|c| (c, engine::LoadPath::Compiled)),
+    };
+    let (component, load_path) =
+        loaded.map_err(|e| fail(format!("cannot compile connector {}: {e:#}", manifest.name)))?;
+    Ok(Prepared {
+        resolved,
+        manifest,
+        component,
+        load_path,
+    })
+}
+
 async fn run_connector(
     args: &StageArgs,
     config: DeviceConfig,
@@ -111,34 +210,73 @@ async fn run_connector(
     rundir: RunDir,
 ) -> Result<u8, StageError> {
     let stage = args.stage;
-    let fail = |name: &str, msg: String| StageError::failed(name, msg);
-    let resolved = connectors::resolve(&args.provision_type, args.connector.as_deref())
-        .map_err(|e| fail("ConnectorError", e.to_string()))?;
-    let manifest = manifest::read(&resolved.bytes).map_err(|e| {
-        fail(
-            "ConnectorError",
+    let lab = lab::locate(args.lab.as_deref(), config.runtime.lab_file.as_deref())
+        .map_err(|e| StageError::failed("LabFileError", e.to_string()))?;
+    let prepared = prepare(
+        &args.provision_type,
+        args.connector.as_deref(),
+        lab.as_ref(),
+        &config,
+    )
+    .await?;
+    let Prepared {
+        resolved,
+        manifest,
+        component,
+        ..
+    } = prepared;
+
+    let declared = manifest.declared();
+    let (granted, urls, grant_source) = match (&resolved.grants, &resolved.origin) {
+        (Some(g), Origin::Lab { path, line, .. }) => (
+            g.caps.clone(),
+            g.urls.clone(),
             format!(
-                "connector for {} ({}): {e}",
-                args.provision_type, resolved.origin
+                "the lab file {} (connectors.{}, line {line})",
+                path.display(),
+                args.provision_type
             ),
-        )
-    })?;
-    if !manifest
-        .provision_types
-        .iter()
-        .any(|t| t == &args.provision_type)
-    {
-        tracing::warn!(target: "tfdc::run",
-            "connector {} serves {:?}, not {}; running it because it was named explicitly",
-            manifest.name, manifest.provision_types, args.provision_type);
+        ),
+        _ => (
+            declared.clone(),
+            Vec::new(),
+            format!(
+                "a lab file pin (connector {} runs with its published default grants; pin it with `testflinger-device-connectors lab add {}` to change them)",
+                manifest.name, args.provision_type
+            ),
+        ),
+    };
+    let subject = Subject {
+        connector: manifest.name.clone(),
+        version: manifest.version.clone(),
+        stage: stage.cli_name().to_string(),
+    };
+    let mut gate = Gate::new(subject, declared, granted, urls, grant_source);
+    let audit_path = std::env::var_os(AUDIT_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| lab.as_ref().and_then(|l| l.file.audit_log.clone()));
+    if let Some(path) = audit_path {
+        gate = gate.with_json_audit(&path).map_err(|e| {
+            StageError::failed(
+                "AuditError",
+                format!("cannot open audit log {}: {e}", path.display()),
+            )
+        })?;
     }
+    let limits = lab::merge_limits(&[
+        lab.as_ref().and_then(|l| l.file.limits.as_ref()),
+        resolved.pin.as_ref().and_then(|p| p.limits.as_ref()),
+        config.runtime.limits.as_ref(),
+    ])
+    .map_err(|e| StageError::failed("ConfigError", format!("invalid limits: {e}")))?;
     let info = ConnectorInfo {
         name: manifest.name.clone(),
         version: manifest.version.clone(),
         digest: resolved.digest.clone(),
+        wit: manifest.wit.clone(),
     };
-    let gate = Gate::new(&manifest.name, manifest.declared(), None);
-    let limits = config.runtime.limits.clone();
+    tracing::debug!(target: "tfdc::run", "running connector {} {} from {} ({})", info.name, info.version, resolved.origin, info.digest);
     let cx = StageContext::new(StageSpec {
         stage,
         provision_type: args.provision_type.clone(),
@@ -149,20 +287,9 @@ async fn run_connector(
         limits,
         gate,
     })
-    .map_err(|e| fail("ConfigError", format!("{e:#}")))?;
+    .map_err(|e| StageError::failed("ConfigError", format!("{e:#}")))?;
 
-    let cache_dir = engine::default_cache_dir();
-    let (component, _) =
-        engine::load_component(&resolved.bytes, &resolved.digest, cache_dir.as_deref()).map_err(
-            |e| {
-                fail(
-                    "ConnectorError",
-                    format!("cannot compile connector {}: {e:#}", manifest.name),
-                )
-            },
-        )?;
-    let outcome = call_phase(&cx, &component).await?;
-    match outcome {
+    match call_phase(&cx, &component).await? {
         Some(code) => Ok(code),
         None => crate::defaults::run(&cx).await,
     }
@@ -170,7 +297,7 @@ async fn run_connector(
 
 /// Instantiates the component in a fresh store and calls the stage's
 /// export. `Ok(None)` means the connector returned `unsupported`.
-async fn call_phase(
+pub async fn call_phase(
     cx: &Arc<StageContext>,
     component: &wasmtime::component::Component,
 ) -> Result<Option<u8>, StageError> {
@@ -180,7 +307,8 @@ async fn call_phase(
         engine::linker().map_err(|e| fail(format!("cannot set up host functions: {e:#}")))?;
     let pre = linker.instantiate_pre(component).map_err(|e| {
         fail(format!(
-            "connector {name} does not fit this runtime (WIT testflinger:connector@{}): {e:#}",
+            "connector {name} (built against WIT testflinger:connector@{}) does not fit this runtime (WIT testflinger:connector@{}): {e:#}; it needs a newer runtime or a rebuild against this WIT version",
+            cx.connector.wit,
             crate::bindings::WIT_VERSION
         ))
     })?;
@@ -215,7 +343,7 @@ async fn call_phase(
         Err(_) => Err(StageError::failed(
             "StageTimeout",
             format!(
-                "connector {name} did not finish {stage} within {} s (the stage timeout); it was stopped",
+                "connector {name} did not finish {stage} within {} s (limits.stage_timeout); it was stopped",
                 stage_timeout.as_secs()
             ),
         )),
@@ -227,9 +355,24 @@ async fn call_phase(
             }
             Err(StageError::failed("ConnectorError", msg))
         }
+        // Exit statuses are 8 bits, as the OS truncates them.
         Ok(Ok(Ok(status))) => Ok(Some(status as u8)),
         Ok(Ok(Err(PhaseError::Unsupported))) => Ok(None),
         Ok(Ok(Err(PhaseError::Failed(msg)))) => Err(StageError::failed(failure_name(stage), msg)),
         Ok(Ok(Err(PhaseError::RecoveryNeeded(msg)))) => Err(StageError::recovery(msg)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wit_versions() {
+        assert!(wit_compatible("0.1.0"));
+        assert!(!wit_compatible("0.2.0"));
+        assert!(!wit_compatible("1.0.0"));
+        assert!(!wit_compatible("0.1"));
+        assert!(wit_compatible("0.1.9"));
     }
 }

@@ -1,0 +1,98 @@
+//! `testflinger-device-connectors inspect <component.wasm | type>`: what a
+//! component is, what it declares, imports and exports.
+
+use std::fmt::Write as _;
+
+use super::CommandError;
+use crate::commands::lab::describe_caps;
+use crate::manifest;
+
+/// Renders the inspection report of `bytes`.
+pub fn report(bytes: &[u8], origin: &str) -> Result<String, CommandError> {
+    let digest = crate::engine::digest(bytes);
+    let manifest =
+        manifest::read(bytes).map_err(|e| CommandError::new(format!("{origin}: {e}")))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "component:        {origin}");
+    let _ = writeln!(out, "digest:           {digest}");
+    let _ = writeln!(out, "size:             {} bytes", bytes.len());
+    let _ = writeln!(
+        out,
+        "connector:        {} {}",
+        manifest.name, manifest.version
+    );
+    if let Some(d) = &manifest.description {
+        let _ = writeln!(out, "description:      {d}");
+    }
+    let _ = writeln!(
+        out,
+        "provision types:  {}",
+        manifest.provision_types.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "WIT:              testflinger:connector@{} ({})",
+        manifest.wit,
+        if crate::run::wit_compatible(&manifest.wit) {
+            "runs on this runtime"
+        } else {
+            "NOT compatible with this runtime"
+        }
+    );
+    if let Some(sdk) = &manifest.sdk {
+        let _ = writeln!(out, "SDK:              {sdk}");
+    }
+    let _ = write!(out, "declares:\n{}", describe_caps(&manifest.declared()));
+    if !manifest.stage_data.is_empty() {
+        let _ = writeln!(
+            out,
+            "stage data:       {}",
+            manifest
+                .stage_data
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let (imports, exports) = interface_names(bytes)?;
+    let _ = writeln!(out, "imports:");
+    for i in imports {
+        let _ = writeln!(out, "    {i}");
+    }
+    let _ = writeln!(out, "exports:");
+    for e in exports {
+        let _ = writeln!(out, "    {e}");
+    }
+    Ok(out)
+}
+
+/// Names of the component's top-level imports and exports.
+pub fn interface_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), CommandError> {
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload =
+            payload.map_err(|e| CommandError::new(format!("not a valid component: {e}")))?;
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import = import.map_err(|e| CommandError::new(e.to_string()))?;
+                    imports.push(import.name.name.to_string());
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(|e| CommandError::new(e.to_string()))?;
+                    exports.push(export.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((imports, exports))
+}
