@@ -131,7 +131,7 @@ pub type CapList = Vec<(Capability, String)>;
 pub fn caps_diff(
     old: &CapabilitySet,
     new: &CapabilitySet,
-) -> (Vec<(Capability, String)>, Vec<(Capability, String)>) {
+) -> (CapList, CapList) {
     (extra_caps(new, old), extra_caps(old, new))
 }
 
