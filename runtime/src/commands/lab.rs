@@ -128,10 +128,7 @@ pub type CapList = Vec<(Capability, String)>;
 
 /// The capability difference between what `old` declared and what `new`
 /// declares, as printable lines.
-pub fn caps_diff(
-    old: &CapabilitySet,
-    new: &CapabilitySet,
-) -> (CapList, CapList) {
+pub fn caps_diff(old: &CapabilitySet, new: &CapabilitySet) -> (CapList, CapList) {
     (extra_caps(new, old), extra_caps(old, new))
 }
 
