@@ -223,8 +223,12 @@ async fn run_connector(
         resolved,
         manifest,
         component,
-        ..
+        load_path,
     } = prepared;
+    tracing::debug!(target: "tfdc::run", "connector {} {}: {}", manifest.name, manifest.version, match load_path {
+        engine::LoadPath::Cached => "loaded from the compiled-code cache",
+        engine::LoadPath::Compiled => "compiled",
+    });
 
     let declared = manifest.declared();
     let (granted, urls, grant_source) = match (&resolved.grants, &resolved.origin) {

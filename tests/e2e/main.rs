@@ -1,5 +1,7 @@
 //! End-to-end tests: the CLI binary, run as the agent runs it, against the
 //! simulated lab of `tf-labsim`.
 
+mod cache;
 mod common;
 mod fake_connector;
+mod pinning;
