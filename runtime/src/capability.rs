@@ -390,3 +390,38 @@ mod tests {
         assert_eq!(lines[1]["stage"], "provision");
     }
 }
+
+/// What the device config must hold for a capability name to be usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigNeed {
+    /// Device-config keys that must be set.
+    pub keys: Vec<String>,
+    /// Whether a connector works without it (the control-host hook keys).
+    pub optional: bool,
+}
+
+/// The device-config keys behind capability `name` of `cap`; `None` when
+/// this runtime does not know the name at all.
+pub fn config_need(cap: Capability, name: &str) -> Option<ConfigNeed> {
+    let need = |keys: &[&str], optional: bool| {
+        Some(ConfigNeed {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            optional,
+        })
+    };
+    match (cap, name) {
+        (Capability::Ssh, "device") => need(&["device_ip"], false),
+        (Capability::Ssh, "control-host") => need(&["control_host"], false),
+        (Capability::Serial, "console") => need(&["serial_host", "serial_port"], false),
+        (Capability::Http, "control-host") => need(&["control_host"], true),
+        (Capability::Http, "job-urls")
+        | (Capability::Transfer, "job-urls")
+        | (Capability::Transfer, "attachments") => need(&[], false),
+        (
+            Capability::Power,
+            key @ ("control_host_reboot_script" | "poweroff_script" | "poweron_script"),
+        ) => need(&[key], true),
+        (Capability::Power, key) => need(&[key], false),
+        _ => None,
+    }
+}

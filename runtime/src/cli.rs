@@ -96,6 +96,27 @@ pub fn command() -> Command {
                 ),
         )
         .subcommand(
+            Command::new("check")
+                .about("Before any job runs, and touching no device: compare what a connector declares with the lab's grants and the device config, and validate a job's stage data")
+                .arg(Arg::new("type").required(true).value_name("PROVISION_TYPE"))
+                .arg(
+                    Arg::new("config")
+                        .short('c')
+                        .long("config")
+                        .required(true)
+                        .value_name("CONFIG")
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("Device connector configuration (default.yaml)"),
+                )
+                .arg(
+                    Arg::new("job")
+                        .long("job")
+                        .value_name("JOB_DATA")
+                        .value_parser(clap::value_parser!(PathBuf))
+                        .help("A job (testflinger.json) whose stage data to validate"),
+                ),
+        )
+        .subcommand(
             Command::new("cache")
                 .about("Manage the compiled-code cache")
                 .subcommand_required(true)
@@ -229,6 +250,19 @@ where
         Some(("lab", m)) => return finish(lab_main(&matches, m)),
         Some(("inspect", m)) => return finish(inspect_main(&matches, m)),
         Some(("cache", m)) => return finish(cache_main(m)),
+        Some(("check", m)) => {
+            return match check_main(&matches, m) {
+                Ok((report, problems)) => {
+                    print!("{report}");
+                    ExitCode::from(if problems {
+                        crate::error::EXIT_FAILED
+                    } else {
+                        0
+                    })
+                }
+                Err(e) => finish(Err(e)),
+            };
+        }
         _ => {}
     }
     match stage_args(&matches) {
@@ -310,6 +344,22 @@ fn inspect_main(
     }))
     .map_err(|e| CommandError::new(e.to_string()))?;
     inspect::report(&resolved.bytes, &format!("{what} ({})", resolved.origin))
+}
+
+fn check_main(
+    root: &ArgMatches,
+    m: &ArgMatches,
+) -> Result<(String, bool), crate::commands::CommandError> {
+    let connector = m
+        .get_one::<PathBuf>("connector")
+        .or_else(|| root.get_one::<PathBuf>("connector"));
+    crate::commands::block_on(crate::commands::check::check(
+        m.get_one::<String>("type").expect("required"),
+        m.get_one::<PathBuf>("config").expect("required"),
+        m.get_one::<PathBuf>("job").map(PathBuf::as_path),
+        connector.map(PathBuf::as_path),
+        lab_flag(root, m).as_deref(),
+    ))
 }
 
 fn cache_main(m: &ArgMatches) -> Result<String, crate::commands::CommandError> {

@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod power;
 pub mod run;
 pub mod rundir;
+pub mod schema;
 pub mod serial;
 pub mod ssh;
 pub mod stage;

@@ -203,6 +203,37 @@ pub async fn prepare(
     })
 }
 
+/// What the lab grants a resolved connector, and where that comes from.
+pub struct Grants {
+    pub caps: crate::capability::CapabilitySet,
+    pub urls: Vec<crate::lab::UrlPattern>,
+    /// For messages: where to add a grant.
+    pub source: String,
+}
+
+/// The grants of a resolved connector: the lab pin's, or the connector's
+/// published defaults (what it declares) when no lab file pins it.
+pub fn grants_for(resolved: &Resolved, manifest: &Manifest, provision_type: &str) -> Grants {
+    match (&resolved.grants, &resolved.origin) {
+        (Some(g), Origin::Lab { path, line, .. }) => Grants {
+            caps: g.caps.clone(),
+            urls: g.urls.clone(),
+            source: format!(
+                "the lab file {} (connectors.{provision_type}, line {line})",
+                path.display()
+            ),
+        },
+        _ => Grants {
+            caps: manifest.declared(),
+            urls: Vec::new(),
+            source: format!(
+                "a lab file pin (connector {} runs with its published default grants; pin it with `testflinger-device-connectors lab add {provision_type}` to change them)",
+                manifest.name
+            ),
+        },
+    }
+}
+
 async fn run_connector(
     args: &StageArgs,
     config: DeviceConfig,
@@ -231,25 +262,11 @@ async fn run_connector(
     });
 
     let declared = manifest.declared();
-    let (granted, urls, grant_source) = match (&resolved.grants, &resolved.origin) {
-        (Some(g), Origin::Lab { path, line, .. }) => (
-            g.caps.clone(),
-            g.urls.clone(),
-            format!(
-                "the lab file {} (connectors.{}, line {line})",
-                path.display(),
-                args.provision_type
-            ),
-        ),
-        _ => (
-            declared.clone(),
-            Vec::new(),
-            format!(
-                "a lab file pin (connector {} runs with its published default grants; pin it with `testflinger-device-connectors lab add {}` to change them)",
-                manifest.name, args.provision_type
-            ),
-        ),
-    };
+    let Grants {
+        caps: granted,
+        urls,
+        source: grant_source,
+    } = grants_for(&resolved, &manifest, &args.provision_type);
     let subject = Subject {
         connector: manifest.name.clone(),
         version: manifest.version.clone(),

@@ -3,6 +3,7 @@
 //! connector against a device before any job runs ([`check`]), and the
 //! compiled-code cache.
 
+pub mod check;
 pub mod inspect;
 pub mod lab;
 
