@@ -55,6 +55,97 @@ impl Capability {
     ];
 }
 
+/// How a host function of the WIT world may touch the world outside the
+/// sandbox. Every function is listed in [`HOST_FUNCTIONS`]; a test checks
+/// the list against the WIT files, so a new function cannot be added
+/// without saying how it is guarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads or writes nothing outside the store (log lines, views of the
+    /// job and config with secrets removed).
+    Local,
+    /// Reads or writes files of the run directory, through the one resolver
+    /// that refuses escapes ([`crate::rundir`]).
+    RunDir,
+    /// Asks the gate for a capability name before doing anything.
+    Gated(Capability),
+    /// A method of a resource whose constructor was gated for that family.
+    Handle(Capability),
+}
+
+/// Every function of the `connector` world's imports and its guard.
+pub const HOST_FUNCTIONS: &[(&str, &str, Access)] = &[
+    ("log", "log", Access::Local),
+    ("log", "print", Access::Local),
+    ("job", "current-stage", Access::Local),
+    ("job", "job-json", Access::Local),
+    ("job", "device-config-json", Access::Local),
+    ("job", "attachments", Access::RunDir),
+    ("job", "read-attachment", Access::RunDir),
+    ("job", "set-device-info", Access::RunDir),
+    ("job", "write-artifact", Access::RunDir),
+    ("power", "run", Access::Gated(Capability::Power)),
+    (
+        "power",
+        "cycle-control-host",
+        Access::Gated(Capability::Power),
+    ),
+    ("serial", "open", Access::Gated(Capability::Serial)),
+    (
+        "serial",
+        "[method]port.wait-for",
+        Access::Handle(Capability::Serial),
+    ),
+    (
+        "serial",
+        "[method]port.write",
+        Access::Handle(Capability::Serial),
+    ),
+    ("ssh", "connect", Access::Gated(Capability::Ssh)),
+    ("ssh", "wait-reachable", Access::Gated(Capability::Ssh)),
+    ("ssh", "authorize-key", Access::Gated(Capability::Ssh)),
+    (
+        "ssh",
+        "[method]session.exec",
+        Access::Handle(Capability::Ssh),
+    ),
+    (
+        "ssh",
+        "[method]session.upload",
+        Access::Handle(Capability::Ssh),
+    ),
+    (
+        "ssh",
+        "[method]session.download",
+        Access::Handle(Capability::Ssh),
+    ),
+    (
+        "ssh",
+        "[method]session.download-artifact",
+        Access::Handle(Capability::Ssh),
+    ),
+    ("http", "call", Access::Gated(Capability::Http)),
+    ("http", "fetch", Access::Gated(Capability::Http)),
+    ("transfer", "to-ssh", Access::Gated(Capability::Transfer)),
+    (
+        "transfer",
+        "to-artifact",
+        Access::Gated(Capability::Transfer),
+    ),
+];
+
+/// Interfaces a component may import besides `testflinger:connector/*`:
+/// WASI 0.2, served by wasmtime-wasi with a context that denies files,
+/// sockets, environment and arguments.
+pub const WASI_PREFIXES: &[&str] = &[
+    "wasi:io/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+];
+
 /// Capability names per family.
 pub type CapabilitySet = BTreeMap<Capability, BTreeSet<String>>;
 
@@ -359,6 +450,63 @@ mod tests {
             open.check_url(Capability::Http, "http://anything:1/x")
                 .is_ok()
         );
+    }
+
+    /// Every function the WIT world imports is classified, and every
+    /// classified function exists.
+    #[test]
+    fn every_host_function_is_classified() {
+        let mut resolve = wit_parser::Resolve::default();
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let (pkg, _) = resolve.push_dir(&wit).unwrap();
+        let world = resolve.select_world(&[pkg], Some("connector")).unwrap();
+        let mut seen = Vec::new();
+        for item in resolve.worlds[world].imports.values() {
+            let wit_parser::WorldItem::Interface { id, .. } = item else {
+                panic!("the world imports something that is not an interface: {item:?}");
+            };
+            let iface = &resolve.interfaces[*id];
+            let name = iface.name.clone().unwrap();
+            for func in iface.functions.keys() {
+                let entry = HOST_FUNCTIONS
+                    .iter()
+                    .find(|(i, f, _)| *i == name && f == func);
+                assert!(
+                    entry.is_some(),
+                    "{name}.{func} is not classified in HOST_FUNCTIONS"
+                );
+                seen.push((name.clone(), func.clone()));
+            }
+        }
+        for (i, f, _) in HOST_FUNCTIONS {
+            assert!(
+                seen.iter().any(|(a, b)| a == i && b == f),
+                "{i}.{f} is classified but not in the WIT world"
+            );
+        }
+        // Every interface that reaches outside is gated somewhere.
+        for cap in Capability::ALL {
+            assert!(
+                HOST_FUNCTIONS
+                    .iter()
+                    .any(|(_, _, a)| *a == Access::Gated(cap)),
+                "{cap:?} has no gated entry point"
+            );
+        }
+    }
+
+    /// The first-party connectors import nothing but our interfaces and
+    /// deny-by-default WASI.
+    #[test]
+    fn embedded_connectors_import_only_known_interfaces() {
+        for e in crate::connectors::EMBEDDED {
+            let (imports, _) = crate::commands::inspect::interface_names(e.bytes).unwrap();
+            for import in imports {
+                let ours = import.starts_with("testflinger:connector/");
+                let wasi = WASI_PREFIXES.iter().any(|p| import.starts_with(p));
+                assert!(ours || wasi, "{} imports {import}", e.name);
+            }
+        }
     }
 
     #[test]

@@ -370,7 +370,15 @@ pub async fn call_phase(
         )),
         Ok(Err(trap)) => {
             let stderr = store.data().guest_stderr();
-            let mut msg = format!("connector {name} failed during {stage}: {trap:#}");
+            let text = format!("{trap:#}");
+            let mut msg = if text.contains("forcing trap when growing memory") {
+                format!(
+                    "connector {name} exceeded the memory limit of {} MiB during {stage} and was stopped (limits.memory in the lab file raises it): {text}",
+                    cx.limits.memory_bytes >> 20
+                )
+            } else {
+                format!("connector {name} failed during {stage}: {text}")
+            };
             if !stderr.is_empty() {
                 msg.push_str(&format!("; connector stderr: {stderr}"));
             }

@@ -57,7 +57,9 @@ impl Host for HostState {
         parse_options(&opts, &[], "http.call")?;
         self.cx.gate.check(Capability::Http, &endpoint)?;
         let url = self.cx.http.endpoint_url(&endpoint, &req.url)?;
-        self.send_http(url, req).await
+        let cx = self.cx.clone();
+        let call = cx.gate.begin("http.call", &url);
+        call.end(self.send_http(url.clone(), req).await)
     }
 
     async fn fetch(
@@ -68,7 +70,10 @@ impl Host for HostState {
         parse_options(&opts, &[], "http.fetch")?;
         self.cx.gate.check(Capability::Http, "job-urls")?;
         self.cx.http.check_job_url(&req.url)?;
+        self.cx.gate.check_url(Capability::Http, &req.url)?;
         let url = req.url.clone();
-        self.send_http(url, req).await
+        let cx = self.cx.clone();
+        let call = cx.gate.begin("http.fetch", &url);
+        call.end(self.send_http(url.clone(), req).await)
     }
 }

@@ -25,8 +25,12 @@ impl Host for HostState {
             ExecStyle::Shell => Style::Shell,
         };
         let timeout = duration_ms(opts.timeout_per_entry).min(self.cx.limits.host_call_timeout);
-        power::run_list(&self.cx.config, &key, style, timeout).await?;
-        Ok(())
+        let call = self.cx.gate.begin("power.run", &key);
+        call.end(
+            power::run_list(&self.cx.config, &key, style, timeout)
+                .await
+                .map_err(HostError::from),
+        )
     }
 
     async fn cycle_control_host(
@@ -44,8 +48,14 @@ impl Host for HostState {
         }
         self.cx.gate.check(Capability::Http, "control-host")?;
         let timeout = duration_ms(timeout).min(self.cx.limits.host_call_timeout);
-        crate::control_host::power_cycle(&self.cx, manage_dut_power, timeout)
-            .await
-            .map_err(|e| HostError::timeout(e.to_string()))
+        let call = self
+            .cx
+            .gate
+            .begin("power.cycle-control-host", "control-host");
+        call.end(
+            crate::control_host::power_cycle(&self.cx, manage_dut_power, timeout)
+                .await
+                .map_err(|e| HostError::timeout(e.to_string())),
+        )
     }
 }
