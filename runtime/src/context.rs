@@ -73,7 +73,8 @@ impl StageContext {
         } = spec;
         let ssh = SshPool::new(&config, &job, &limits)?;
         let serial = SerialHub::new(&config, &rundir, stage);
-        let http = crate::http::HttpClient::new(&config, &job)?;
+        let http = crate::http::HttpClient::new(&config, &job)?
+            .with_url_patterns(gate.url_patterns().to_vec());
         Ok(Arc::new(StageContext {
             stage,
             provision_type,

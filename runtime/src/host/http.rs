@@ -3,6 +3,7 @@
 use super::{HostError, HostState, duration_ms, parse_options};
 use crate::bindings::http::{Host, Request, Response};
 use crate::capability::Capability;
+use crate::context::StageContext;
 use crate::http::{self as client, HttpError};
 
 impl From<HttpError> for HostError {
@@ -11,7 +12,9 @@ impl From<HttpError> for HostError {
             HttpError::UnknownEndpoint(_) | HttpError::NotConfigured { .. } => {
                 HostError::not_found(e.to_string())
             }
-            HttpError::NotAJobUrl(_) => HostError::denied(e.to_string()),
+            HttpError::NotAJobUrl(_) | HttpError::Redirect { .. } => {
+                HostError::denied(e.to_string())
+            }
             HttpError::Invalid(_) => HostError::invalid(e.to_string()),
             HttpError::Timeout { .. } => HostError::timeout(e.to_string()),
             HttpError::Transport { .. } | HttpError::Setup(_) => HostError::io(e.to_string()),
@@ -20,6 +23,16 @@ impl From<HttpError> for HostError {
             )),
         }
     }
+}
+
+/// Checks a URL a connector wants fetched (by `http.fetch` or a
+/// transfer): it must be one the job provides, and covered by the lab's
+/// URL grants if there are any. Denials are audited.
+pub fn check_fetch_url(cx: &StageContext, cap: Capability, url: &str) -> Result<(), HostError> {
+    if let Err(e) = cx.http.check_job_url(url) {
+        return Err(cx.gate.deny(cap, url, e.into()));
+    }
+    cx.gate.check_url(cap, url)
 }
 
 impl HostState {
@@ -69,8 +82,7 @@ impl Host for HostState {
     ) -> Result<Response, HostError> {
         parse_options(&opts, &[], "http.fetch")?;
         self.cx.gate.check(Capability::Http, "job-urls")?;
-        self.cx.http.check_job_url(&req.url)?;
-        self.cx.gate.check_url(Capability::Http, &req.url)?;
+        check_fetch_url(&self.cx, Capability::Http, &req.url)?;
         let url = req.url.clone();
         let cx = self.cx.clone();
         let call = cx.gate.begin("http.fetch", &url);

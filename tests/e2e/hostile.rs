@@ -1,0 +1,475 @@
+//! Hostile connectors (`tests/fixtures/hostile_*`): every way out of the
+//! sandbox we could think of. Each case must end with a clear error and
+//! exit status 1 (never 46, never a crash of the runtime), change no file
+//! outside the run directory, and leave an audit line for every denial.
+//!
+//! The table in `docs/security.md` is a summary of what these tests
+//! assert.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use labsim::web::{Reply, WebServer};
+use serde_json::{Value, json};
+
+use crate::common::{Run, RunDir, shared_cache_dir};
+
+/// Text of every sentinel file outside the run directory.
+const SENTINEL: &str = "sentinel: must not change\n";
+
+/// A folder outside the run directory standing for the rest of the agent
+/// host: the agent user's home with an SSH key, and sentinel files.
+struct Outside {
+    dir: tempfile::TempDir,
+}
+
+type Snapshot = BTreeMap<PathBuf, Vec<u8>>;
+
+impl Outside {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".ssh")).unwrap();
+        std::fs::write(
+            dir.path().join(".ssh/id_rsa"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nHOSTILE-TEST-KEY\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("sentinel.txt"), SENTINEL).unwrap();
+        std::fs::create_dir_all(dir.path().join("dir")).unwrap();
+        std::fs::write(dir.path().join("dir/sentinel.txt"), SENTINEL).unwrap();
+        Outside { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).display().to_string()
+    }
+
+    /// Every file below the folder with its contents (symlinks as their
+    /// target).
+    fn snapshot(&self) -> Snapshot {
+        fn walk(dir: &Path, out: &mut Snapshot) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let kind = entry.file_type().unwrap();
+                let path = entry.path();
+                if kind.is_dir() {
+                    out.insert(path.clone(), b"<dir>".to_vec());
+                    walk(&path, out);
+                } else if kind.is_symlink() {
+                    let target = std::fs::read_link(&path).unwrap();
+                    out.insert(path, target.display().to_string().into_bytes());
+                } else {
+                    out.insert(path.clone(), std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        let mut out = Snapshot::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+}
+
+/// One hostile run: a run directory, the outside world, and a lab file
+/// pinning a fixture with chosen grants and limits.
+struct Hostile {
+    rd: RunDir,
+    outside: Outside,
+    before: Snapshot,
+    lab: PathBuf,
+}
+
+impl Hostile {
+    /// Pins `fixture` as provision type `hostile` with `grants` and
+    /// `limits` (YAML flow mappings), and writes the device config and job.
+    fn new(fixture: &str, grants: &str, limits: &str, config: &str, job: Value) -> Self {
+        let rd = RunDir::new();
+        let outside = Outside::new();
+        let wasm = labsim::fixtures::path(fixture);
+        let bytes = std::fs::read(&wasm).unwrap();
+        let manifest = tfdc::manifest::read(&bytes).unwrap();
+        let lab = rd.write(
+            "lab/lab.yaml",
+            &format!(
+                "version: 1\nconnectors:\n  hostile:\n    name: {}\n    version: {}\n    source: file:{}\n    sha256: {}\n    wit: {}\n    grants: {grants}\n    limits: {limits}\n",
+                manifest.name,
+                manifest.version,
+                wasm.display(),
+                tfdc::engine::digest(&bytes),
+                manifest.wit,
+            ),
+        );
+        rd.write(
+            "default.yaml",
+            &format!("agent_name: hostile-agent\n{config}"),
+        );
+        rd.write("testflinger.json", &job.to_string());
+        let before = outside.snapshot();
+        Hostile {
+            rd,
+            outside,
+            before,
+            lab,
+        }
+    }
+
+    fn command(&self, stage: &str) -> std::process::Command {
+        let mut cmd = self.rd.command(&[
+            "--lab",
+            self.lab.to_str().unwrap(),
+            "hostile",
+            stage,
+            "-c",
+            "default.yaml",
+            "testflinger.json",
+        ]);
+        cmd.env("HOME", self.outside.path())
+            .env("TFDC_AUDIT_LOG", self.rd.path().join("audit.jsonl"))
+            .env("HOSTILE_HOST_SECRET", "env-secret-of-the-agent");
+        cmd
+    }
+
+    /// Runs `stage`, failing the test if it takes more than `limit`
+    /// (outputs go to files, so a process left behind holding them cannot
+    /// hang the test).
+    fn run_within(&self, stage: &str, limit: Duration) -> Run {
+        let out = self.rd.path().join("cli.stdout");
+        let err = self.rd.path().join("cli.stderr");
+        let mut child = self
+            .command(stage)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the runtime did not end within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let run = Run {
+            code: status.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+        };
+        eprintln!(
+            "--- exit {}\n--- stdout\n{}--- stderr\n{}",
+            run.code, run.stdout, run.stderr
+        );
+        run
+    }
+
+    fn run(&self) -> Run {
+        self.run_within("provision", Duration::from_secs(60))
+    }
+
+    /// `exception_message` of the provision stage.
+    fn message(&self) -> String {
+        self.rd.json("device-connector-error.json")["provision_exception_info"]["exception_message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The JSON audit lines.
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.rd.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Whether a denial of `target` for `capability` was audited, on
+    /// stderr and in the JSON file.
+    fn assert_denial_audited(&self, run: &Run, capability: &str, target: &str) {
+        assert!(
+            self.audit().iter().any(|l| l["result"] == "denied"
+                && l["capability"] == capability
+                && l["target"] == target),
+            "no JSON audit line for the denial of {capability} {target}: {:?}",
+            self.audit()
+        );
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("WARNING: DEVICE CONNECTOR: audit")
+                    && l.contains(&format!("capability={capability} "))
+                    && l.contains("result=denied")
+                    && l.contains(target)),
+            "no audit line on stderr for the denial of {capability} {target}"
+        );
+    }
+
+    /// The invariants of every hostile case: exit 1 with the failure
+    /// recorded, no crash, nothing outside the run directory changed.
+    fn assert_contained(&self, run: &Run) {
+        assert_eq!(run.code, 1, "exit status");
+        assert!(
+            !run.stderr.contains("panicked") && !run.stderr.contains("RUST_BACKTRACE"),
+            "the runtime crashed"
+        );
+        assert!(self.rd.exists("device-connector-error.json"));
+        assert_eq!(
+            self.outside.snapshot(),
+            self.before,
+            "files outside the run directory changed"
+        );
+    }
+}
+
+/// The outcome line of the fixture's report for `op`.
+fn outcome<'a>(message: &'a str, op: &str) -> &'a str {
+    message
+        .lines()
+        .find(|l| l.starts_with(&format!("{op} ")))
+        .unwrap_or_else(|| panic!("no outcome for {op} in:\n{message}"))
+}
+
+#[test]
+fn hostile_wasi_files_sockets_env_and_processes_are_blocked() {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let outside = Outside::new();
+    let ops = json!([
+        ["fs.read", "/etc/passwd"],
+        ["fs.read", outside.p(".ssh/id_rsa")],
+        ["fs.read", "testflinger.json"],
+        ["fs.write", outside.p("sentinel.txt")],
+        ["fs.write", outside.p("new-file")],
+        ["fs.write", "pwned.txt"],
+        ["fs.list", "/"],
+        ["fs.cwd"],
+        ["net.tcp", tcp.local_addr().unwrap().to_string()],
+        ["net.listen", "127.0.0.1:0"],
+        ["net.udp", udp.local_addr().unwrap().to_string()],
+        ["net.dns", "localhost:80"],
+        ["env.vars"],
+        [
+            "proc.exec",
+            "/bin/sh",
+            "-c",
+            format!("touch {}", outside.p("exec-ran"))
+        ],
+    ]);
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        "{}",
+        "{}",
+        "",
+        json!({"job_id": "wasi", "provision_data": {"ops": ops}}),
+    );
+    // The ops name files of this `outside`; check it rather than the one
+    // `Hostile` made.
+    h.outside = outside;
+    h.before = h.outside.snapshot();
+    let run = h.run();
+    h.assert_contained(&run);
+    let msg = h.message();
+    assert!(!msg.contains("ESCAPED"), "{msg}");
+    for op in [
+        "fs.read",
+        "fs.write",
+        "fs.list",
+        "fs.cwd",
+        "net.tcp",
+        "net.listen",
+        "net.udp",
+        "net.dns",
+        "env.vars",
+        "proc.exec",
+    ] {
+        for line in msg.lines().filter(|l| l.starts_with(&format!("{op} "))) {
+            assert!(line.contains("=> blocked: "), "{line}");
+        }
+        outcome(&msg, op);
+    }
+    assert!(outcome(&msg, "env.vars").contains("0 environment variables, 0 arguments"));
+    assert!(tcp.accept().is_err(), "a TCP connection reached the host");
+    let mut buf = [0u8; 16];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a UDP datagram reached the host"
+    );
+    assert!(!h.rd.exists("pwned.txt"));
+    assert!(!run.stdout.contains("root:") && !run.stdout.contains("HOSTILE-TEST-KEY"));
+}
+
+#[test]
+fn hostile_ungranted_capabilities_are_denied_and_audited() {
+    // `granted` is covered by the lab's URL grant; `other` is not, and
+    // must never see a request.
+    let other = WebServer::start("127.0.0.1", |_| Reply::text("INTERNAL-SECRET")).unwrap();
+    let other_url = other.url();
+    let granted = WebServer::start("127.0.0.1", move |r| match r.path_only() {
+        "/redirect" => Reply::Full {
+            status: 302,
+            headers: vec![("location".into(), format!("{other_url}/secret"))],
+            body: Default::default(),
+        },
+        _ => Reply::text("fine"),
+    })
+    .unwrap();
+    let control_host = WebServer::start("127.0.0.1", |_| Reply::text("control")).unwrap();
+    let g = granted.url();
+    let a_port = granted.addr().port();
+    let b_port = other.addr().port();
+    let in_job_other_port = format!("http://127.0.0.1:{b_port}/in-job");
+    let in_job_other_scheme = format!("https://127.0.0.1:{a_port}/in-job");
+    let outside = Outside::new();
+    let ops = json!([
+        ["power.run", "ungranted_script"],
+        ["power.run", "poweroff_script"],
+        ["power.run", "no_such_key"],
+        ["power.run", "missing_script"],
+        ["http.call", "control-host", "/"],
+        ["http.call", "maas", "/api"],
+        ["http.fetch", format!("raw:{g}/not-in-the-job")],
+        ["http.fetch", in_job_other_port],
+        ["http.fetch", in_job_other_scheme],
+        ["http.fetch", format!("{g}/redirect")],
+        ["http.fetch", format!("{g}/ok")],
+        ["ssh.connect", "control-host"],
+        ["ssh.connect", "bmc"],
+        ["ssh.wait-reachable", "control-host"],
+        ["serial.open", "console"],
+    ]);
+    let job = json!({
+        "job_id": "caps",
+        "provision_data": {
+            "ops": ops,
+            "urls": [format!("{g}/ok"), format!("{g}/redirect"), in_job_other_port, in_job_other_scheme],
+        },
+    });
+    let config = format!(
+        "device_ip: 127.0.0.1\ncontrol_host: 127.0.0.1\nserial_host: 127.0.0.1\nserial_port: 9\nreboot_script: ['true']\nungranted_script: ['touch {}']\npoweroff_script: ['touch {}']\nconnector_runtime: {{control_host_url: '{}'}}\n",
+        outside.p("ungranted-ran"),
+        outside.p("poweroff-ran"),
+        control_host.url()
+    );
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        &format!(
+            "{{power: [reboot_script, missing_script], http: [job-urls], ssh: [device], urls: ['http://127.0.0.1:{a_port}']}}"
+        ),
+        "{}",
+        &config,
+        job,
+    );
+    h.outside = outside;
+    h.before = h.outside.snapshot();
+    let run = h.run();
+    h.assert_contained(&run);
+    let msg = h.message();
+    let denied = |op: &str, needle: &str| {
+        let line = msg
+            .lines()
+            .find(|l| l.starts_with(op))
+            .unwrap_or_else(|| panic!("no outcome for {op}:\n{msg}"));
+        assert!(line.contains("=> denied: "), "{line}");
+        assert!(line.contains(needle), "{line}");
+    };
+    denied(
+        "power.run [\"ungranted_script\"]",
+        "capability power: ungranted_script is not granted to connector fixture_hostile_escape",
+    );
+    denied(
+        "power.run [\"poweroff_script\"]",
+        "did not declare capability power: poweroff_script",
+    );
+    denied(
+        "power.run [\"no_such_key\"]",
+        "did not declare capability power: no_such_key",
+    );
+    assert!(
+        outcome(&msg, "power.run [\"missing_script\"]")
+            .contains("=> not-found: missing_script is not configured"),
+        "{msg}"
+    );
+    denied(
+        "http.call [\"control-host\"",
+        "capability http: control-host is not granted",
+    );
+    denied(
+        "http.call [\"maas\"",
+        "did not declare capability http: maas",
+    );
+    denied(
+        &format!("http.fetch [\"{g}/not-in-the-job\"]"),
+        "is not one the job provides",
+    );
+    denied(
+        &format!("http.fetch [\"http://127.0.0.1:{b_port}/in-job\"]"),
+        "is not covered by the URL grants",
+    );
+    denied(
+        &format!("http.fetch [\"https://127.0.0.1:{a_port}/in-job\"]"),
+        "is not covered by the URL grants",
+    );
+    denied(
+        &format!("http.fetch [\"{g}/redirect\"]"),
+        "is not covered by the URL grants",
+    );
+    // What is granted works: the grants, not a broken host, stop the rest.
+    assert!(
+        outcome(&msg, &format!("http.fetch [\"{g}/ok\"]")).contains("=> ok: status 200"),
+        "{msg}"
+    );
+    denied(
+        "ssh.connect [\"control-host\"]",
+        "capability ssh: control-host is not granted",
+    );
+    denied(
+        "ssh.connect [\"bmc\"]",
+        "did not declare capability ssh: bmc",
+    );
+    denied(
+        "ssh.wait-reachable [\"control-host\"]",
+        "capability ssh: control-host is not granted",
+    );
+    denied(
+        "serial.open [\"console\"]",
+        "capability serial: console is not granted",
+    );
+    for (cap, target) in [
+        ("power", "ungranted_script"),
+        ("power", "poweroff_script"),
+        ("power", "no_such_key"),
+        ("http", "control-host"),
+        ("http", "maas"),
+        ("http", &format!("{g}/not-in-the-job")),
+        ("http", &format!("http://127.0.0.1:{b_port}/in-job")),
+        ("http", &format!("https://127.0.0.1:{a_port}/in-job")),
+        ("http.fetch", &format!("{g}/redirect")),
+        ("ssh", "control-host"),
+        ("ssh", "bmc"),
+        ("serial", "console"),
+    ] {
+        h.assert_denial_audited(&run, cap, target);
+    }
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+    assert!(control_host.requests().is_empty());
+    assert_eq!(
+        granted
+            .requests()
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect::<Vec<_>>(),
+        vec!["/redirect", "/ok"]
+    );
+    assert!(!run.stdout.contains("INTERNAL-SECRET"));
+}
