@@ -473,3 +473,150 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
     );
     assert!(!run.stdout.contains("INTERNAL-SECRET"));
 }
+
+#[test]
+fn hostile_path_escapes_in_run_directory_file_names_are_refused() {
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        "{}",
+        "{stage_timeout: 10}",
+        "",
+        json!({}),
+    );
+    let o = |rel: &str| h.outside.p(rel);
+    let root = h.rd.path().to_path_buf();
+    // What an agent (or an attachment archive) could leave in the run
+    // directory: links to the outside, a FIFO, a hard link.
+    let att = root.join("attachments/provision");
+    std::fs::create_dir_all(att.join("sub")).unwrap();
+    std::fs::write(att.join("ok.txt"), "attachment").unwrap();
+    std::os::unix::fs::symlink(o("sentinel.txt"), att.join("link")).unwrap();
+    std::os::unix::fs::symlink(o("dir"), att.join("dirlink")).unwrap();
+    let fifo = std::ffi::CString::new(att.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: plain libc call with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir_all(root.join("attachments")).unwrap();
+    std::os::unix::fs::symlink(o("dir"), root.join("attachments/test")).unwrap();
+    let art = root.join("artifacts");
+    std::fs::create_dir_all(&art).unwrap();
+    std::os::unix::fs::symlink(o("dir"), art.join("out")).unwrap();
+    std::os::unix::fs::symlink(o("sentinel.txt"), art.join("link")).unwrap();
+    std::fs::hard_link(o("dir/sentinel.txt"), art.join("hard")).unwrap();
+    h.before = h.outside.snapshot();
+    let abs = o("abs.txt");
+    let ops = json!([
+        ["job.attachments", "../.."],
+        ["job.attachments", "/etc"],
+        ["job.attachments", "provision/../../.."],
+        ["job.attachments", "test"],
+        ["job.read-attachment", "provision", "ok.txt"],
+        ["job.read-attachment", "provision", "../../default.yaml"],
+        [
+            "job.read-attachment",
+            "provision",
+            "sub/../../../testflinger.json"
+        ],
+        ["job.read-attachment", "provision", "/etc/passwd"],
+        ["job.read-attachment", "provision", "link"],
+        ["job.read-attachment", "provision", "dirlink/sentinel.txt"],
+        ["job.read-attachment", "provision", "fifo"],
+        ["job.read-attachment", "test", "sentinel.txt"],
+        ["job.read-attachment", "../provision", "ok.txt"],
+        ["job.write-artifact", "fine.txt"],
+        ["job.write-artifact", "../escape.txt"],
+        ["job.write-artifact", "sub/../../escape.txt"],
+        ["job.write-artifact", abs],
+        ["job.write-artifact", "out/x.txt"],
+        ["job.write-artifact", "link"],
+        ["job.write-artifact", "hard"],
+        ["job.write-artifact", "."],
+        ["job.write-artifact", ""],
+        ["job.set-device-info", "../../etc/passwd"],
+        ["job.set-device-info", ""],
+        ["job.set-device-info", "line\nbreak"],
+    ]);
+    h.rd.write(
+        "testflinger.json",
+        &json!({"job_id": "paths", "provision_data": {"ops": ops}}).to_string(),
+    );
+    let run = h.run_within("provision", Duration::from_secs(30));
+    h.assert_contained(&run);
+    let msg = h.message();
+    let line = |prefix: &str| {
+        msg.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no outcome for {prefix}:\n{msg}"))
+            .to_string()
+    };
+    let invalid = |prefix: &str, why: &str| {
+        let l = line(prefix);
+        assert!(l.contains("=> invalid: ") && l.contains(why), "{l}");
+    };
+    let phases = "attachment phases are provision, firmware_update and test";
+    invalid("job.attachments [\"../..\"]", phases);
+    invalid("job.attachments [\"/etc\"]", phases);
+    invalid("job.attachments [\"provision/../../..\"]", phases);
+    // A phase folder that is a link to the outside lists nothing.
+    assert!(line("job.attachments [\"test\"]").contains("=> ok: []"));
+    assert!(line("job.read-attachment [\"provision\", \"ok.txt\"]").contains("=> ok: 10 bytes"));
+    let dotdot = "`..` would leave the folder";
+    invalid(
+        "job.read-attachment [\"provision\", \"../../default.yaml\"]",
+        dotdot,
+    );
+    invalid(
+        "job.read-attachment [\"provision\", \"sub/../../../testflinger.json\"]",
+        dotdot,
+    );
+    invalid(
+        "job.read-attachment [\"provision\", \"/etc/passwd\"]",
+        "absolute paths are not allowed",
+    );
+    let symlink = "is a symbolic link or goes through one";
+    invalid("job.read-attachment [\"provision\", \"link\"]", symlink);
+    invalid(
+        "job.read-attachment [\"provision\", \"dirlink/sentinel.txt\"]",
+        symlink,
+    );
+    invalid(
+        "job.read-attachment [\"provision\", \"fifo\"]",
+        "not a regular file",
+    );
+    invalid("job.read-attachment [\"test\", \"sentinel.txt\"]", symlink);
+    invalid("job.read-attachment [\"../provision\"", phases);
+    assert!(line("job.write-artifact [\"fine.txt\"]").contains("=> ok: "));
+    invalid("job.write-artifact [\"../escape.txt\"]", dotdot);
+    invalid("job.write-artifact [\"sub/../../escape.txt\"]", dotdot);
+    invalid(
+        &format!("job.write-artifact [\"{}\"]", o("abs.txt")),
+        "absolute paths are not allowed",
+    );
+    invalid("job.write-artifact [\"out/x.txt\"]", symlink);
+    invalid("job.write-artifact [\"link\"]", symlink);
+    // Replacing a hard-linked file writes a new file; the other name of
+    // the old one (outside) keeps its contents (checked by
+    // assert_contained).
+    assert!(line("job.write-artifact [\"hard\"]").contains("=> ok: "));
+    invalid("job.write-artifact [\".\"]", "is a folder");
+    invalid("job.write-artifact [\"\"]", "empty name");
+    // device_info keys are JSON keys, not file names.
+    assert!(line("job.set-device-info [\"../../etc/passwd\"]").contains("=> ok: "));
+    invalid(
+        "job.set-device-info [\"\"]",
+        "1 to 128 printable characters",
+    );
+    invalid(
+        "job.set-device-info [\"line\\nbreak\"]",
+        "1 to 128 printable characters",
+    );
+    assert_eq!(
+        h.rd.read("artifacts/fine.txt"),
+        "written by hostile_escape\n"
+    );
+    assert_eq!(
+        h.rd.json("device-info.json")["device_info"]["../../etc/passwd"],
+        "hostile"
+    );
+    assert!(!h.rd.exists("escape.txt") && !root.parent().unwrap().join("escape.txt").exists());
+    assert!(!run.stdout.contains(SENTINEL.trim()));
+}
