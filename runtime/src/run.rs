@@ -369,19 +369,19 @@ pub async fn call_phase(
             ),
         )),
         Ok(Err(trap)) => {
-            let stderr = store.data().guest_stderr();
-            let text = format!("{trap:#}");
-            let mut msg = if text.contains("forcing trap when growing memory") {
+            // The wasm backtrace (function indices of a stripped binary)
+            // helps the connector's author, not the job log.
+            tracing::debug!(target: "tfdc::run", "connector {name} trapped: {trap:?}");
+            let cause = trap.root_cause().to_string();
+            let mut msg = if format!("{trap:#}").contains("forcing trap when growing memory") {
                 format!(
-                    "connector {name} exceeded the memory limit of {} MiB during {stage} and was stopped (limits.memory in the lab file raises it): {text}",
+                    "connector {name} exceeded the memory limit of {} MiB during {stage} and was stopped (limits.memory in the lab file raises it): {cause}",
                     cx.limits.memory_bytes >> 20
                 )
             } else {
-                format!("connector {name} failed during {stage}: {text}")
+                format!("connector {name} failed during {stage}: {cause}")
             };
-            if !stderr.is_empty() {
-                msg.push_str(&format!("; connector stderr: {stderr}"));
-            }
+            msg.push_str(&store.data().guest_stderr_report());
             Err(StageError::failed("ConnectorError", msg))
         }
         // Exit statuses are 8 bits, as the OS truncates them.

@@ -620,3 +620,187 @@ fn hostile_path_escapes_in_run_directory_file_names_are_refused() {
     assert!(!h.rd.exists("escape.txt") && !root.parent().unwrap().join("escape.txt").exists());
     assert!(!run.stdout.contains(SENTINEL.trim()));
 }
+
+/// Limits small enough for tests: 64 MiB of memory, 2 s per stage, 1 MiB
+/// of log.
+const SMALL_LIMITS: &str =
+    "{memory: 64MiB, stage_timeout: 2, max_log_bytes: 1MiB, max_artifact_bytes: 8MiB}";
+
+/// Runs resource attack `attack` with `limits` and `config`; checks the
+/// common invariants and returns the case, the run and the message.
+fn resource_attack(attack: &str, limits: &str, config: &str) -> (Hostile, Run, String) {
+    let h = Hostile::new(
+        "fixture_hostile_resources",
+        "{power: [slow_script, slow_shell]}",
+        limits,
+        config,
+        json!({"job_id": attack, "provision_data": {"attack": attack}}),
+    );
+    let run = h.run_within("provision", Duration::from_secs(30));
+    h.assert_contained(&run);
+    let msg = h.message();
+    (h, run, msg)
+}
+
+fn assert_stage_timeout(h: &Hostile, msg: &str) {
+    assert!(
+        msg.contains("did not finish provision within 2 s (limits.stage_timeout); it was stopped"),
+        "{msg}"
+    );
+    assert_eq!(
+        h.rd.json("device-connector-error.json")["provision_exception_info"]["exception_name"],
+        "StageTimeout"
+    );
+}
+
+#[test]
+fn hostile_infinite_loop_is_stopped_by_the_stage_timeout() {
+    let (h, _, msg) = resource_attack("spin", SMALL_LIMITS, "");
+    assert_stage_timeout(&h, &msg);
+}
+
+#[test]
+fn hostile_sleep_in_wasi_is_stopped_by_the_stage_timeout() {
+    let (h, _, msg) = resource_attack("sleep", SMALL_LIMITS, "");
+    assert_stage_timeout(&h, &msg);
+}
+
+#[test]
+fn hostile_memory_bomb_hits_the_memory_limit() {
+    for attack in ["memory", "memory-gib", "gib-artifact"] {
+        let (h, _, msg) = resource_attack(attack, SMALL_LIMITS, "");
+        assert!(
+            msg.contains("exceeded the memory limit of 64 MiB during provision"),
+            "{attack}: {msg}"
+        );
+        assert!(!h.rd.exists("artifacts/gib.bin"));
+    }
+}
+
+#[test]
+fn hostile_deep_recursion_traps() {
+    // Rust keeps large locals on a stack in linear memory: overflowing it
+    // runs below address 0, which is an out-of-bounds access.
+    let (_, _, msg) = resource_attack("recursion", SMALL_LIMITS, "");
+    assert!(
+        msg.contains("failed during provision") && msg.contains("out of bounds memory access"),
+        "{msg}"
+    );
+    // Frames on the wasm stack hit wasmtime's stack limit.
+    let (_, _, msg) = resource_attack("recursion-native", SMALL_LIMITS, "");
+    assert!(
+        msg.contains("failed during provision") && msg.contains("call stack exhausted"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn hostile_lying_argument_length_is_refused() {
+    let (_, run, msg) = resource_attack("lying-length", SMALL_LIMITS, "");
+    assert!(
+        msg.ends_with("failed during provision: string pointer/length out of bounds of memory"),
+        "{msg}"
+    );
+    assert!(run.stderr.len() < 64 * 1024);
+}
+
+#[test]
+fn hostile_log_floods_hit_the_log_limit() {
+    for attack in ["big-log", "log-flood", "print-flood"] {
+        let (_, run, msg) = resource_attack(attack, SMALL_LIMITS, "");
+        assert!(
+            msg.contains(
+                "exceeded the log volume limit of 1048576 bytes per stage (limits.max_log_bytes"
+            ),
+            "{attack}: {msg}"
+        );
+        assert!(run.stdout.len() + run.stderr.len() < 3 << 20, "{attack}");
+    }
+}
+
+#[test]
+fn hostile_stderr_and_stdout_floods_are_bounded() {
+    let (_, run, msg) = resource_attack("stderr-flood", SMALL_LIMITS, "");
+    assert!(
+        msg.contains("the connector's stderr is full") && msg.contains("of 64 KiB"),
+        "{msg}"
+    );
+    // Only the end of it is quoted.
+    assert!(msg.len() < 4096, "{} bytes", msg.len());
+    assert!(run.stderr.len() < 16 * 1024);
+    let (h, run, msg) = resource_attack("stdout-flood", SMALL_LIMITS, "");
+    assert_stage_timeout(&h, &msg);
+    assert!(!run.stdout.contains("flood"));
+}
+
+#[test]
+fn hostile_disk_floods_hit_their_limits() {
+    let (h, _, msg) = resource_attack("device-info-flood", SMALL_LIMITS, "");
+    assert!(msg.contains("device-info key"), "{msg}");
+    assert!(
+        std::fs::metadata(h.rd.path().join("device-info.json"))
+            .unwrap()
+            .len()
+            <= 1 << 20
+    );
+    let (h, _, msg) = resource_attack("artifact-flood", SMALL_LIMITS, "");
+    assert!(msg.contains("limits.max_artifact_bytes"), "{msg}");
+    let (h2, _, msg) = resource_attack("big-artifact", SMALL_LIMITS, "");
+    assert!(msg.contains("limits.max_artifact_bytes"), "{msg}");
+    assert!(!h2.rd.exists("artifacts/big.bin"));
+    drop(h);
+}
+
+/// A granted power script that never ends: the stage still ends at its
+/// timeout, and the script's whole process group goes with it (a child it
+/// started in the background too).
+#[test]
+fn hostile_endless_host_call_is_stopped_with_its_processes() {
+    for (attack, key) in [
+        ("slow-host-call", "slow_script"),
+        ("slow-host-call-shell", "slow_shell"),
+    ] {
+        let pids = tempfile::tempdir().unwrap();
+        let pidfile = pids.path().join("pid");
+        let config = format!(
+            "slow_script: ['sleep 600']\nslow_shell: ['sleep 600 & echo $! > {}; wait']\n",
+            pidfile.display()
+        );
+        let limits = "{memory: 64MiB, stage_timeout: 2}";
+        let start = Instant::now();
+        let (h, _, msg) = resource_attack(attack, limits, &config);
+        assert_stage_timeout(&h, &msg);
+        assert!(start.elapsed() < Duration::from_secs(20), "{attack}");
+        if attack == "slow-host-call-shell" {
+            let pid: i32 = std::fs::read_to_string(&pidfile)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while is_running(&proc_dir) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_running(&proc_dir) {
+                // SAFETY: plain libc call; the test started this process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("{key}'s background process {pid} outlived the stage");
+            }
+        }
+        let audit = h.audit();
+        assert!(
+            audit
+                .iter()
+                .all(|l| l["capability"] != "power" || l["result"] != "denied"),
+            "{audit:?}"
+        );
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+fn is_running(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+        .unwrap_or(false)
+}

@@ -31,6 +31,15 @@ impl From<ReadError> for HostError {
 
 /// Longest `device_info` value accepted, in bytes of JSON.
 const MAX_DEVICE_INFO_VALUE: usize = 64 * 1024;
+/// Largest `device-info.json` a connector may grow, in bytes: the agent
+/// posts it with the results, and every call rewrites it whole.
+pub const MAX_DEVICE_INFO_FILE: usize = 1 << 20;
+
+/// Bytes written by `write-artifact` in this stage.
+#[derive(Debug, Default)]
+pub struct ArtifactState {
+    bytes: u64,
+}
 
 impl Host for HostState {
     async fn current_stage(&mut self) -> wasmtime::Result<WitStage> {
@@ -76,13 +85,31 @@ impl Host for HostState {
         let value: serde_json::Value = serde_json::from_str(&value_json).map_err(|e| {
             HostError::invalid(format!("device_info value for `{key}` is not JSON: {e}"))
         })?;
+        let mut info = self.cx.rundir.read_device_info();
+        info.insert(key.clone(), value);
+        let size = serde_json::to_vec(&info).map_or(usize::MAX, |b| b.len());
+        if size > MAX_DEVICE_INFO_FILE {
+            return Err(HostError::limit(format!(
+                "device_info would grow to {size} bytes with `{key}`, over the limit of {MAX_DEVICE_INFO_FILE} bytes"
+            )));
+        }
         self.cx
             .rundir
-            .set_device_info(&key, value)
+            .write_device_info(&info)
             .map_err(|e| HostError::io(format!("cannot write device-info.json: {e}")))
     }
 
     async fn write_artifact(&mut self, name: String, data: Vec<u8>) -> Result<(), HostError> {
-        Ok(self.cx.rundir.write_artifact(&name, &data)?)
+        let max = self.cx.limits.max_artifact_bytes;
+        let total = self.artifacts.bytes.saturating_add(data.len() as u64);
+        if total > max {
+            return Err(HostError::limit(format!(
+                "writing {} bytes to artifact `{name}` would exceed the limit of {max} bytes written by write-artifact per stage (limits.max_artifact_bytes in the lab file raises it)",
+                data.len()
+            )));
+        }
+        self.cx.rundir.write_artifact(&name, &data)?;
+        self.artifacts.bytes = total;
+        Ok(())
     }
 }

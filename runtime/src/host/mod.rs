@@ -23,8 +23,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::types::Error as WitError;
 use crate::context::StageContext;
 
-/// Bytes of guest stderr kept (panic messages end up there).
-const GUEST_STDERR_CAP: usize = 64 * 1024;
+/// Bytes of guest stderr kept (panic messages end up there). Writes past
+/// it fail, which makes Rust's `eprintln!` panic.
+pub const GUEST_STDERR_CAP: usize = 64 * 1024;
+/// Bytes of guest stderr quoted in a failure message: the end, where a
+/// panic message is.
+const GUEST_STDERR_QUOTE: usize = 2 * 1024;
 
 /// What a host call returns on failure: an error value for the guest, or a
 /// trap that ends the phase (guest misuse, a limit that cannot be
@@ -142,6 +146,8 @@ pub struct HostState {
     pub cx: Arc<StageContext>,
     /// Per-store log accounting.
     pub log: log::LogState,
+    /// Per-store accounting of `write-artifact` bytes.
+    pub artifacts: job::ArtifactState,
     stderr: MemoryOutputPipe,
 }
 
@@ -170,6 +176,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             log: log::LogState::default(),
+            artifacts: job::ArtifactState::default(),
             cx,
             stderr,
         }
@@ -180,6 +187,35 @@ impl HostState {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_string()
+    }
+
+    /// What a failure message says about the guest's stderr: its last
+    /// bytes (a panic message), and whether it filled up. Empty when the
+    /// guest wrote nothing.
+    pub fn guest_stderr_report(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        if text.is_empty() {
+            return String::new();
+        }
+        let mut start = text.len().saturating_sub(GUEST_STDERR_QUOTE);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        let quoted = &text[start..];
+        // Writes that do not fit are refused whole, so a full pipe may
+        // hold a little less than its capacity.
+        let full = bytes.len() + 4096 > GUEST_STDERR_CAP;
+        match (start > 0, full) {
+            (_, true) => format!(
+                "; the connector's stderr is full ({} of {} KiB; further writes fail, which makes eprintln! panic: log through the log interface instead); its end: ...{quoted}",
+                bytes.len() >> 10,
+                GUEST_STDERR_CAP >> 10
+            ),
+            (true, false) => format!("; connector stderr (end): ...{quoted}"),
+            (false, false) => format!("; connector stderr: {quoted}"),
+        }
     }
 
     /// The resource table.
