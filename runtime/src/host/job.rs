@@ -113,3 +113,88 @@ impl Host for HostState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::capability::{CapabilitySet, Gate, Subject};
+    use crate::config::DeviceConfig;
+    use crate::context::{ConnectorInfo, StageContext, StageSpec};
+    use crate::job_file::JobFile;
+    use crate::limits::Limits;
+    use crate::rundir::RunDir;
+
+    fn state(dir: &Path, limits: Limits) -> HostState {
+        let cx = StageContext::new(StageSpec {
+            stage: Stage::Provision,
+            provision_type: "t".into(),
+            connector: ConnectorInfo {
+                name: "c".into(),
+                version: "1".into(),
+                digest: String::new(),
+                wit: "0.1.0".into(),
+            },
+            config: DeviceConfig::parse(Path::new("c"), "{}").unwrap(),
+            job: JobFile::empty(),
+            rundir: RunDir::new(dir),
+            limits,
+            gate: Gate::new(
+                Subject::default(),
+                CapabilitySet::new(),
+                CapabilitySet::new(),
+                vec![],
+                "lab",
+            ),
+        })
+        .unwrap();
+        HostState::new(cx)
+    }
+
+    /// A loop of writes cannot fill the disk: the bytes of every call of
+    /// the stage count against `max_artifact_bytes`.
+    #[tokio::test]
+    async fn artifact_bytes_are_capped_per_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(
+            dir.path(),
+            Limits {
+                max_artifact_bytes: 10,
+                ..Limits::default()
+            },
+        );
+        st.write_artifact("a".into(), vec![1; 6]).await.unwrap();
+        let err = st.write_artifact("b".into(), vec![1; 6]).await.unwrap_err();
+        assert_eq!(err.kind(), "limit");
+        assert!(
+            err.to_string().contains("limits.max_artifact_bytes"),
+            "{err}"
+        );
+        assert!(!dir.path().join("artifacts/b").exists());
+        // A refused write does not count; what still fits is written.
+        st.write_artifact("c".into(), vec![1; 4]).await.unwrap();
+    }
+
+    /// device-info.json stays small however many keys a connector sets.
+    #[tokio::test]
+    async fn device_info_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), Limits::default());
+        let value = format!("\"{}\"", "v".repeat(60 * 1024));
+        let mut refused = None;
+        for i in 0..40 {
+            if let Err(e) = st.set_device_info(format!("k{i}"), value.clone()).await {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, err) = refused.expect("the 40th 60 KiB value must be refused");
+        assert!(i > 10, "refused too early, at {i}");
+        assert_eq!(err.kind(), "limit");
+        let len = std::fs::metadata(dir.path().join("device-info.json"))
+            .unwrap()
+            .len();
+        assert!(len <= MAX_DEVICE_INFO_FILE as u64);
+    }
+}
