@@ -804,3 +804,80 @@ fn is_running(proc_dir: &Path) -> bool {
         .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
         .unwrap_or(false)
 }
+
+/// Runs re-entrancy attack `attack`; checks the common invariants.
+fn reentry_attack(attack: &str) -> (Hostile, Run, String) {
+    let h = Hostile::new(
+        "fixture_hostile_reentry",
+        "{}",
+        "{memory: 64MiB, stage_timeout: 2}",
+        "",
+        json!({"job_id": attack, "provision_data": {"attack": attack}}),
+    );
+    let run = h.run_within("provision", Duration::from_secs(30));
+    h.assert_contained(&run);
+    let msg = h.message();
+    (h, run, msg)
+}
+
+/// A phase calling phase code (its own export, another phase's) is a
+/// plain call inside the sandbox: it runs under the one invocation's
+/// stage, grants and limits, and unbounded it is a stack overflow.
+#[test]
+fn hostile_reentrant_phases_stay_inside_the_invocation() {
+    let (h, _, msg) = reentry_attack("call-other-phases");
+    assert!(
+        msg.starts_with("re-entered: cleanup -> Ok(()), runtest -> Err(PhaseError::Unsupported); the stage is still provision"),
+        "{msg}"
+    );
+    assert_eq!(h.rd.read("artifacts/cleanup-ran.txt"), "provision");
+    let (_, _, msg) = reentry_attack("reenter-self");
+    assert!(
+        msg.starts_with(
+            r#"depth 1 (stage provision) <- Err(PhaseError::Failed("depth 2 (stage provision) <- Err(PhaseError::Failed(\"depth 3 (stage provision)\"))"))"#
+        ),
+        "{msg}"
+    );
+    let (_, _, msg) = reentry_attack("reenter-forever");
+    assert!(
+        msg.ends_with("failed during provision: wasm trap: call stack exhausted"),
+        "{msg}"
+    );
+}
+
+/// The host calls into the guest during a host call only to allocate the
+/// result (`cabi_realloc`). A hostile allocator cannot call the host back
+/// (the component model forbids leaving the instance there), cannot make
+/// the host write outside its memory, and cannot hold the stage past its
+/// timeout.
+#[test]
+fn hostile_cabi_realloc_cannot_reenter_the_host() {
+    let (_, run, msg) = reentry_attack("realloc-calls-host");
+    assert!(
+        msg.ends_with("failed during provision: wasm trap: cannot leave component instance"),
+        "{msg}"
+    );
+    assert!(!run.stderr.contains("hello from inside cabi_realloc"));
+    let (_, _, msg) = reentry_attack("realloc-bad-pointer");
+    assert!(
+        msg.ends_with("failed during provision: realloc return: beyond end of memory"),
+        "{msg}"
+    );
+    let (h, _, msg) = reentry_attack("realloc-spin");
+    assert_stage_timeout(&h, &msg);
+}
+
+/// Resource handles the host never gave out are refused by the component
+/// model before any host code runs.
+#[test]
+fn hostile_forged_resource_handles_trap() {
+    for (attack, index) in [("forged-serial-handle", 4660), ("forged-ssh-handle", 1)] {
+        let (_, _, msg) = reentry_attack(attack);
+        assert!(
+            msg.ends_with(&format!(
+                "failed during provision: unknown handle index {index}"
+            )),
+            "{attack}: {msg}"
+        );
+    }
+}
