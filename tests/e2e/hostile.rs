@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use labsim::web::{Reply, WebServer};
 use serde_json::{Value, json};
 
-use crate::common::{Run, RunDir, shared_cache_dir};
+use crate::common::{Run, RunDir};
 
 /// Text of every sentinel file outside the run directory.
 const SENTINEL: &str = "sentinel: must not change\n";
@@ -88,11 +88,19 @@ impl Hostile {
     /// Pins `fixture` as provision type `hostile` with `grants` and
     /// `limits` (YAML flow mappings), and writes the device config and job.
     fn new(fixture: &str, grants: &str, limits: &str, config: &str, job: Value) -> Self {
+        let bytes = std::fs::read(labsim::fixtures::path(fixture)).unwrap();
+        Self::with_component(&bytes, grants, limits, config, job)
+    }
+
+    /// Like [`Hostile::new`] for component bytes (written into the run
+    /// directory's `lab/` folder).
+    fn with_component(bytes: &[u8], grants: &str, limits: &str, config: &str, job: Value) -> Self {
         let rd = RunDir::new();
         let outside = Outside::new();
-        let wasm = labsim::fixtures::path(fixture);
-        let bytes = std::fs::read(&wasm).unwrap();
-        let manifest = tfdc::manifest::read(&bytes).unwrap();
+        let wasm = rd.path().join("lab/hostile.wasm");
+        std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();
+        std::fs::write(&wasm, bytes).unwrap();
+        let manifest = tfdc::manifest::read(bytes).unwrap();
         let lab = rd.write(
             "lab/lab.yaml",
             &format!(
@@ -100,7 +108,7 @@ impl Hostile {
                 manifest.name,
                 manifest.version,
                 wasm.display(),
-                tfdc::engine::digest(&bytes),
+                tfdc::engine::digest(bytes),
                 manifest.wit,
             ),
         );
@@ -878,6 +886,60 @@ fn hostile_forged_resource_handles_trap() {
                 "failed during provision: unknown handle index {index}"
             )),
             "{attack}: {msg}"
+        );
+    }
+}
+
+/// Replaces every occurrence of `from` in `bytes` with `to` (same length).
+fn rewrite(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let (from, to) = (from.as_bytes(), to.as_bytes());
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    let mut count = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+            count += 1;
+        } else {
+            i += 1;
+        }
+    }
+    assert!(count > 0, "nothing to rewrite");
+    out
+}
+
+/// A component built for another WIT version line is refused before
+/// anything runs, with a message naming both versions, whether its
+/// manifest says so or lies about it.
+#[test]
+fn hostile_components_for_another_wit_major_are_refused() {
+    let v1 = std::fs::read(labsim::fixtures::path("fixture_hostile_wit_major")).unwrap();
+    let v0_2 = rewrite(
+        &rewrite(&v1, "@1.0.0", "@0.2.0"),
+        "wit = \"1.0.0\"",
+        "wit = \"0.2.0\"",
+    );
+    let liar = rewrite(&v1, "wit = \"1.0.0\"", "wit = \"0.1.0\"");
+    for (bytes, theirs) in [(&v1, "1.0.0"), (&v0_2, "0.2.0"), (&liar, "1.0.0")] {
+        let h = Hostile::with_component(bytes, "{}", "{}", "", json!({}));
+        let run = h.run();
+        h.assert_contained(&run);
+        let msg = h.message();
+        assert!(
+            msg.contains(&format!("testflinger:connector@{theirs}"))
+                || msg.contains(&format!("it uses testflinger:connector/log@{theirs}")),
+            "{theirs}: {msg}"
+        );
+        assert!(
+            msg.contains("testflinger:connector@0.1.0"),
+            "{theirs}: {msg}"
+        );
+        assert!(!run.stdout.contains("connector ran"), "{theirs}");
+        assert_eq!(
+            h.rd.json("device-connector-error.json")["provision_exception_info"]["exception_name"],
+            "ConnectorError"
         );
     }
 }
