@@ -268,8 +268,9 @@ impl Gate {
         if self.urls.is_empty() {
             return Ok(());
         }
+        let shown = crate::http::redact_url(url);
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| HostError::invalid(format!("bad URL `{url}`: {e}")))?;
+            .map_err(|e| HostError::invalid(format!("bad URL `{shown}`: {e}")))?;
         if self.urls.iter().any(|p| p.matches(&parsed)) {
             return Ok(());
         }
@@ -278,7 +279,7 @@ impl Gate {
             .map(|p| p.to_string())
             .unwrap_or_default();
         let err = HostError::denied(format!(
-            "URL {url} is not covered by the URL grants of connector {} ({}); to allow it, add `{}://{}:{port}` to `grants: {{urls: [...]}}` in {}",
+            "URL {shown} is not covered by the URL grants of connector {} ({}); to allow it, add `{}://{}:{port}` to `grants: {{urls: [...]}}` in {}",
             self.subject.connector,
             self.urls
                 .iter()
@@ -291,7 +292,7 @@ impl Gate {
         ));
         self.audit(
             cap.key(),
-            url,
+            &shown,
             "denied",
             Duration::ZERO,
             Some(&err.to_string()),

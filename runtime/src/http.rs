@@ -25,32 +25,49 @@ pub enum HttpError {
     UnknownEndpoint(String),
     #[error("HTTP endpoint `{endpoint}` is not configured: set `{key}` in the device config")]
     NotConfigured { endpoint: String, key: String },
-    #[error("URL {0} is not one the job provides; connectors may only fetch URLs from the job")]
+    #[error("URL {} is not one the job provides; connectors may only fetch URLs from the job", redact_url(.0))]
     NotAJobUrl(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("{method} {url} was not followed: {message}")]
+    #[error("{method} {} was not followed: {message}", redact_url(.url))]
     Redirect {
         method: String,
         url: String,
         message: String,
     },
-    #[error("{method} {url} timed out after {secs} s")]
+    #[error("{method} {} timed out after {secs} s", redact_url(.url))]
     Timeout {
         method: String,
         url: String,
         secs: u64,
     },
-    #[error("{method} {url} failed: {message}")]
+    #[error("{method} {} failed: {message}", redact_url(.url))]
     Transport {
         method: String,
         url: String,
         message: String,
     },
-    #[error("response body of {url} is larger than the limit of {max} bytes")]
+    #[error("response body of {} is larger than the limit of {max} bytes", redact_url(.url))]
     TooBig { url: String, max: u64 },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
+}
+
+/// `url` with its user information (`user:password@`, or a token in the
+/// user name) replaced by `***`, for messages and logs: a lab may put
+/// credentials in a URL (`connector_runtime.control_host_url`), and
+/// messages reach connectors and the job log. Works on text that does not
+/// parse as a URL too.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]).into(),
+        None => url.into(),
+    }
 }
 
 /// A request, already resolved to an absolute URL.
@@ -313,7 +330,8 @@ pub fn redirect_policy(patterns: Vec<UrlPattern>) -> reqwest::redirect::Policy {
             return attempt.follow();
         }
         let msg = format!(
-            "it redirects to {url}, which is not covered by the URL grants ({}); to allow it, add `{}://{}:{}` to `grants: {{urls: [...]}}` in the lab file",
+            "it redirects to {}, which is not covered by the URL grants ({}); to allow it, add `{}://{}:{}` to `grants: {{urls: [...]}}` in the lab file",
+            redact_url(url.as_str()),
             patterns
                 .iter()
                 .map(ToString::to_string)
@@ -444,5 +462,23 @@ mod tests {
         let open = HttpClient::new(&config, &job).unwrap();
         let ok = open.send(get("/away"), 1 << 20).await.unwrap();
         assert_eq!(ok.body, b"INTERNAL");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("http://admin:pw@ch:8000/health"),
+            "http://***@ch:8000/health"
+        );
+        assert_eq!(redact_url("https://TOKEN@host/x@y"), "https://***@host/x@y");
+        assert_eq!(redact_url("http://a:b@c@host:bad/"), "http://***@host:bad/");
+        assert_eq!(redact_url("http://host/p?q=a@b"), "http://host/p?q=a@b");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let e = HttpError::Transport {
+            method: "GET".into(),
+            url: "http://admin:pw@ch:8000/".into(),
+            message: "refused".into(),
+        };
+        assert_eq!(e.to_string(), "GET http://***@ch:8000/ failed: refused");
     }
 }

@@ -943,3 +943,108 @@ fn hostile_components_for_another_wit_major_are_refused() {
         );
     }
 }
+
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Secrets stay on the host: a connector granted everything it asks for
+/// reads every byte it can (job, config, attachments, environment, the
+/// text of every host-call error it can provoke) and none of the lab's or
+/// the job's secrets is in what it got.
+#[test]
+fn hostile_connector_sees_no_secret() {
+    let closed = closed_port();
+    let outside = Outside::new();
+    let secrets = [
+        "S3CRET-JOB-TOKEN-1",
+        "S3CRET-TEST-PASSWORD-2",
+        "S3CRET-MAAS-KEY-3",
+        "S3CRET-BMC-4",
+        "S3CRET-NESTED-5",
+        "S3CRET-CH-6",
+        "S3CRET-URL-7",
+        "HOSTILE-TEST-KEY",
+        "env-secret-of-the-agent",
+    ];
+    let config = format!(
+        "device_ip: 127.0.0.1
+control_host: 127.0.0.1
+serial_host: 127.0.0.1
+serial_port: {closed}
+reboot_script: ['false']
+control_host_reboot_script: ['true']
+maas_api_key: S3CRET-MAAS-KEY-3
+bmc_password: ['S3CRET-BMC-4']
+pdus: [{{host: pdu1, password: S3CRET-NESTED-5}}]
+connector_runtime:
+  control_host_url: 'http://admin:S3CRET-CH-6@127.0.0.1:{closed}'
+  identity_files: ['{}']
+  poll_interval_seconds: 0.1
+  control_host_settle_seconds: 0.1
+",
+        outside.p(".ssh/id_rsa")
+    );
+    let job = json!({
+        "job_id": "secrets",
+        "provision_data": {"url": format!("http://127.0.0.1:{closed}/image.img")},
+        "test_data": {
+            "test_cmds": "true",
+            "test_password": "S3CRET-TEST-PASSWORD-2",
+            "secrets": {"API_TOKEN": "S3CRET-JOB-TOKEN-1", "URL": "https://S3CRET-URL-7.example/x"},
+        },
+    });
+    let mut h = Hostile::new(
+        "fixture_hostile_secrets",
+        "{ssh: [device, control-host], power: [reboot_script, maas_api_key, bmc_password, connector_runtime, control_host_reboot_script], http: [control-host, job-urls], transfer: [job-urls, attachments], serial: [console]}",
+        "{stage_timeout: 30}",
+        &config,
+        job,
+    );
+    h.outside = outside;
+    h.before = h.outside.snapshot();
+    h.rd.write("attachments/provision/seed.txt", "attachment text");
+    let run = h.run();
+    h.assert_contained(&run);
+    assert!(h.message().starts_with("dumped "), "{}", h.message());
+    let dump = h.rd.read("artifacts/dump.txt");
+    // The dump has what the connector may see ...
+    for expected in [
+        "\"job_id\":\"secrets\"",
+        "\"test_cmds\":\"true\"",
+        "attachment provision/seed.txt: attachment text",
+        "\"device_ip\":\"127.0.0.1\"",
+        "power.run reboot_script: Failed: reboot_script entry `false` failed",
+        "http.call control-host /health: Io: GET http://***@127.0.0.1:",
+        "power.run bmc_password: Denied: `bmc_password` is a secret or runtime setting",
+        "power.run connector_runtime: Denied: ",
+    ] {
+        assert!(dump.contains(expected), "{expected} missing from:\n{dump}");
+    }
+    // ... and nothing it may not.
+    for secret in secrets {
+        assert!(
+            !dump.contains(secret),
+            "{secret} leaked into the dump:\n{dump}"
+        );
+        assert!(!run.stdout.contains(secret), "{secret} leaked to stdout");
+        assert!(!run.stderr.contains(secret), "{secret} leaked to the log");
+    }
+    for key in [
+        "maas_api_key",
+        "bmc_password",
+        "connector_runtime",
+        "\"secrets\"",
+        "test_password",
+    ] {
+        assert!(
+            !dump.contains(&format!("{key}\":")),
+            "{key} in the views:\n{dump}"
+        );
+    }
+}

@@ -30,7 +30,7 @@ impl From<HttpError> for HostError {
 /// URL grants if there are any. Denials are audited.
 pub fn check_fetch_url(cx: &StageContext, cap: Capability, url: &str) -> Result<(), HostError> {
     if let Err(e) = cx.http.check_job_url(url) {
-        return Err(cx.gate.deny(cap, url, e.into()));
+        return Err(cx.gate.deny(cap, &client::redact_url(url), e.into()));
     }
     cx.gate.check_url(cap, url)
 }
@@ -71,7 +71,8 @@ impl Host for HostState {
         self.cx.gate.check(Capability::Http, &endpoint)?;
         let url = self.cx.http.endpoint_url(&endpoint, &req.url)?;
         let cx = self.cx.clone();
-        let call = cx.gate.begin("http.call", &url);
+        let shown = client::redact_url(&url);
+        let call = cx.gate.begin("http.call", &shown);
         call.end(self.send_http(url.clone(), req).await)
     }
 
@@ -85,7 +86,8 @@ impl Host for HostState {
         check_fetch_url(&self.cx, Capability::Http, &req.url)?;
         let url = req.url.clone();
         let cx = self.cx.clone();
-        let call = cx.gate.begin("http.fetch", &url);
-        call.end(self.send_http(url.clone(), req).await)
+        let shown = client::redact_url(&url).into_owned();
+        let call = cx.gate.begin("http.fetch", &shown);
+        call.end(self.send_http(url, req).await)
     }
 }

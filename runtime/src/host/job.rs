@@ -119,37 +119,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::capability::{CapabilitySet, Gate, Subject};
-    use crate::config::DeviceConfig;
-    use crate::context::{ConnectorInfo, StageContext, StageSpec};
-    use crate::job_file::JobFile;
     use crate::limits::Limits;
-    use crate::rundir::RunDir;
 
     fn state(dir: &Path, limits: Limits) -> HostState {
-        let cx = StageContext::new(StageSpec {
-            stage: Stage::Provision,
-            provision_type: "t".into(),
-            connector: ConnectorInfo {
-                name: "c".into(),
-                version: "1".into(),
-                digest: String::new(),
-                wit: "0.1.0".into(),
-            },
-            config: DeviceConfig::parse(Path::new("c"), "{}").unwrap(),
-            job: JobFile::empty(),
-            rundir: RunDir::new(dir),
-            limits,
-            gate: Gate::new(
-                Subject::default(),
-                CapabilitySet::new(),
-                CapabilitySet::new(),
-                vec![],
-                "lab",
-            ),
-        })
-        .unwrap();
-        HostState::new(cx)
+        crate::host::test_state(dir, "{}", limits, &[])
     }
 
     /// A loop of writes cannot fill the disk: the bytes of every call of

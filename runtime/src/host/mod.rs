@@ -273,3 +273,38 @@ pub fn bool_option(value: Option<&str>, default: bool, name: &str) -> Result<boo
         ))),
     }
 }
+
+/// A host state for unit tests of host functions: run directory `dir`,
+/// device config `config` (YAML), `limits`, and `caps` both declared and
+/// granted.
+#[cfg(test)]
+pub(crate) fn test_state(
+    dir: &std::path::Path,
+    config: &str,
+    limits: crate::limits::Limits,
+    caps: &[(crate::capability::Capability, &str)],
+) -> HostState {
+    use crate::capability::{CapabilitySet, Gate, Subject};
+    let mut set = CapabilitySet::new();
+    for (cap, name) in caps {
+        set.entry(*cap).or_default().insert(name.to_string());
+    }
+    let cx = crate::context::StageContext::new(crate::context::StageSpec {
+        stage: crate::stage::Stage::Provision,
+        provision_type: "test".into(),
+        connector: crate::context::ConnectorInfo {
+            name: "test-connector".into(),
+            version: "1.0.0".into(),
+            digest: String::new(),
+            wit: crate::bindings::WIT_VERSION.into(),
+        },
+        config: crate::config::DeviceConfig::parse(std::path::Path::new("default.yaml"), config)
+            .unwrap(),
+        job: crate::job_file::JobFile::empty(),
+        rundir: crate::rundir::RunDir::new(dir),
+        limits,
+        gate: Gate::new(Subject::default(), set.clone(), set, vec![], "the lab file"),
+    })
+    .unwrap();
+    HostState::new(cx)
+}
