@@ -31,4 +31,6 @@ pub mod rundir;
 pub mod serial;
 pub mod ssh;
 pub mod stage;
+#[cfg(test)]
+pub(crate) mod test_log;
 pub mod units;
