@@ -32,5 +32,6 @@ pub mod serial;
 pub mod ssh;
 pub mod stage;
 #[cfg(test)]
-pub(crate) mod test_log;
+pub(crate) mod testing;
+pub mod transfer;
 pub mod units;

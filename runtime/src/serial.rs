@@ -648,7 +648,7 @@ fn shorten(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_log::LogCapture;
+    use crate::testing::log::LogCapture;
     use labsim::serial::SerialServer;
     use std::path::Path;
     use std::time::Instant;
