@@ -463,6 +463,7 @@ impl Transfers {
             last_bytes: 0,
             interval: self.progress_interval,
             error: None,
+            complete: false,
         });
         Metered {
             inner: opened.stream,
@@ -554,6 +555,8 @@ struct Meter {
     interval: Duration,
     /// Why the source failed, when it did.
     error: Option<SourceFault>,
+    /// Whether the source was read to its end.
+    complete: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -628,6 +631,7 @@ impl Stream for Metered {
             Poll::Ready(None) => match meter.expected {
                 Some(total) if meter.bytes != total => SourceFault::Short(String::new()),
                 _ => {
+                    meter.complete = true;
                     drop(guard);
                     self.done = true;
                     return Poll::Ready(None);
@@ -720,6 +724,14 @@ fn finish(meter: &Mutex<Option<Meter>>, label: &str) -> Report {
         .take()
         .expect("a finished transfer has a meter");
     let elapsed = m.started.elapsed();
+    if !m.complete {
+        // Only a sink that stops reading early gets here (the command
+        // exited 0 without reading all of its input).
+        tracing::warn!(target: TARGET,
+            "{label}: the command exited before reading the whole source ({} of {})",
+            human_exact(m.bytes),
+            m.expected.map(human_exact).unwrap_or_else(|| "an unknown size".into()));
+    }
     let sha256 = format!("sha256:{}", hex::encode(m.hasher.finalize()));
     let rate = m.bytes as f64 / elapsed.as_secs_f64().max(1e-9);
     tracing::info!(target: TARGET,
@@ -1334,6 +1346,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_command_that_stops_reading_early_is_reported() {
+        let logs = LogCapture::start();
+        let lab = Lab::new();
+        let report = Transfers::new(1)
+            .to_command(
+                &lab.cx,
+                &lab.url("/img.zst"),
+                &LocalShell,
+                "device",
+                "head -c 10 >/dev/null",
+                T,
+                &opts(),
+            )
+            .await
+            .unwrap();
+        assert!(report.bytes < lab.image.len() as u64);
+        assert_eq!(
+            logs.matching("exited before reading the whole source")
+                .len(),
+            1,
+            "{}",
+            logs.dump()
+        );
+    }
+
+    #[tokio::test]
     async fn a_sink_error_keeps_its_kind() {
         let lab = Lab::new();
         // The shell's deadline (the time left) fires before the slow
@@ -1353,6 +1391,28 @@ mod tests {
         let host = HostError::from(err);
         assert!(matches!(host.kind(), "io" | "timeout"), "{host}");
         assert!(host.to_string().contains("slow.zst"), "{host}");
+    }
+
+    /// Throughput of URL → artifact on loopback (a measurement, not an
+    /// assertion): `cargo test --release -p tfdc-runtime --lib
+    /// transfer::tests::throughput -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "benchmark"]
+    async fn throughput_url_to_artifact() {
+        let size = 512usize << 20;
+        let lab = Lab::with_image(data(size, 11));
+        let t = Transfers::new(1);
+        let report = t
+            .to_artifact(&lab.cx, &lab.url("/img.zst"), "big.img", T * 6, &opts())
+            .await
+            .unwrap();
+        assert_eq!(report.bytes, size as u64);
+        let mb_s = size as f64 / 1e6 / report.elapsed.as_secs_f64();
+        println!(
+            "URL -> artifact: {} in {:.2} s = {mb_s:.0} MB/s",
+            human_bytes(size as u64),
+            report.elapsed.as_secs_f64()
+        );
     }
 
     #[test]
