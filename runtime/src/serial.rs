@@ -418,10 +418,13 @@ impl SerialPort {
                     return Ok(text);
                 }
             }
-            let timed_out = tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err();
-            if timed_out {
+            // `changed` only fails once the capture is gone, which cannot
+            // happen while this port holds it; treat it like the deadline
+            // rather than spin.
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
                 return Err(self.timeout_error(pattern, timeout));
             }
         }
@@ -511,10 +514,10 @@ impl SerialPort {
                     };
                 }
             }
-            if tokio::time::timeout_at(deadline, connected.changed())
-                .await
-                .is_err()
-            {
+            if !matches!(
+                tokio::time::timeout_at(deadline, connected.changed()).await,
+                Ok(Ok(()))
+            ) {
                 return Err(not_connected());
             }
         }
@@ -634,15 +637,22 @@ fn round_secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-/// A pattern as quoted in messages: at most 200 characters.
+/// A pattern as quoted in messages: at most 200 characters, control
+/// characters escaped (it ends up in a log line).
 fn shorten(text: &str) -> String {
     const MAX: usize = 200;
-    if text.chars().count() <= MAX {
-        text.to_string()
-    } else {
-        let head: String = text.chars().take(MAX).collect();
-        format!("{head}…")
+    let mut out = String::new();
+    for c in text.chars().take(MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -827,6 +837,12 @@ mod tests {
         let (got, _) = tokio::join!(wait, push);
         assert_eq!(got.unwrap(), "dut1 login: ");
 
+        let err = port
+            .wait_for("x\r\n(?:never)", Duration::from_millis(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r"`x\r\n(?:never)`"), "{err}");
         let err = port.wait_for("(unclosed", T).await.unwrap_err();
         assert!(matches!(err, SerialError::InvalidPattern { .. }), "{err}");
         let host: HostError = err.into();
