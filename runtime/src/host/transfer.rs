@@ -147,6 +147,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn to_ssh_checks_grant_and_options_before_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let cx = context(
+            dir.path(),
+            "{}",
+            "{}",
+            &[(Capability::Transfer, "attachments")],
+        );
+        let mut st = state(&cx);
+        // No session with this handle exists: only the checks that come
+        // before the session is looked up can answer.
+        let session = || Resource::<SessionHandle>::new_borrow(4242);
+        let err = Host::to_ssh(
+            &mut st,
+            Source::Url("http://127.0.0.1:9/x".into()),
+            session(),
+            "dd of=/dev/null".into(),
+            1000,
+            vec![],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), "denied");
+        assert!(err.to_string().contains("job-urls"), "{err}");
+        let err = Host::to_ssh(
+            &mut st,
+            Source::Attachment("img".into()),
+            session(),
+            "dd of=/dev/null".into(),
+            1000,
+            vec![("lable".into(), "x".into())],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        let err = Host::to_ssh(
+            &mut st,
+            Source::Attachment("img".into()),
+            session(),
+            "dd of=/dev/null".into(),
+            1000,
+            vec![],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), "trap", "a dangling handle is guest misuse");
+    }
+
+    #[tokio::test]
     async fn nothing_without_the_transfer_capability() {
         let dir = tempfile::tempdir().unwrap();
         let cx = context(dir.path(), "{}", "{}", &[(Capability::Http, "job-urls")]);
