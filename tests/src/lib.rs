@@ -7,6 +7,7 @@
 //! runtime, so it works the same from synchronous tests (which run the CLI
 //! as a child process) and from async code; dropping the handle stops it.
 
+pub mod serial;
 pub mod web;
 
 /// Fixture components built from `tests/fixtures/*` (with the `fixtures`
