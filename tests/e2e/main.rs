@@ -3,3 +3,4 @@
 
 mod common;
 mod fake_connector;
+mod noprovision;
