@@ -32,6 +32,12 @@
 //! channel's data as its standard input. Files written by commands (for
 //! example `~/.ssh/authorized_keys`) really land in [`Dut::home`].
 //! Interactive shells and subsystems (sftp) are refused.
+//!
+//! Input is passed on with backpressure: while a command does not read its
+//! standard input, the connection stops reading too. A command that writes
+//! a lot of output without ever reading the input it was sent can therefore
+//! stall until it exits or the client gives up (real sshd avoids this with
+//! per-channel windows; the simulator keeps it simple).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
