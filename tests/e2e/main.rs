@@ -4,4 +4,5 @@
 mod cache;
 mod common;
 mod fake_connector;
+mod noprovision;
 mod pinning;
