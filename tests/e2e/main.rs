@@ -3,3 +3,5 @@
 
 mod common;
 mod fake_connector;
+mod reserve;
+mod runtest;

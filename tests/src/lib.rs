@@ -7,4 +7,6 @@
 //! runtime, so it works the same from synchronous tests (which run the CLI
 //! as a child process) and from async code; dropping the handle stops it.
 
+pub mod keyserver;
+pub mod tls;
 pub mod web;

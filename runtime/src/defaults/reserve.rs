@@ -253,7 +253,7 @@ pub fn isoformat(t: &DateTime<FixedOffset>) -> String {
     let sign = if offset < 0 { '-' } else { '+' };
     let abs = offset.unsigned_abs();
     out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, abs / 60 % 60));
-    if abs % 60 != 0 {
+    if !abs.is_multiple_of(60) {
         out.push_str(&format!(":{:02}", abs % 60));
     }
     out
@@ -276,12 +276,8 @@ mod tests {
 
     fn at(
         offset_secs: i32,
-        y: i32,
-        mo: u32,
-        d: u32,
-        h: u32,
-        mi: u32,
-        s: u32,
+        (y, mo, d): (i32, u32, u32),
+        (h, mi, s): (u32, u32, u32),
         micros: u32,
     ) -> DateTime<FixedOffset> {
         FixedOffset::east_opt(offset_secs)
@@ -295,19 +291,19 @@ mod tests {
     fn isoformat_matches_python() {
         // Expected strings from CPython's datetime.isoformat().
         assert_eq!(
-            isoformat(&at(7200, 2024, 9, 6, 16, 26, 50, 299_123)),
+            isoformat(&at(7200, (2024, 9, 6), (16, 26, 50), 299_123)),
             "2024-09-06T16:26:50.299123+02:00"
         );
         assert_eq!(
-            isoformat(&at(0, 2024, 1, 2, 3, 4, 5, 0)),
+            isoformat(&at(0, (2024, 1, 2), (3, 4, 5), 0)),
             "2024-01-02T03:04:05+00:00"
         );
         assert_eq!(
-            isoformat(&at(-(5 * 3600 + 30 * 60), 2024, 12, 31, 23, 59, 59, 10)),
+            isoformat(&at(-(5 * 3600 + 30 * 60), (2024, 12, 31), (23, 59, 59), 10)),
             "2024-12-31T23:59:59.000010-05:30"
         );
         assert_eq!(
-            isoformat(&at(3600 + 15, 2024, 1, 1, 0, 0, 0, 0)),
+            isoformat(&at(3600 + 15, (2024, 1, 1), (0, 0, 0), 0)),
             "2024-01-01T00:00:00+01:00:15"
         );
     }
@@ -318,7 +314,7 @@ mod tests {
             user: "ubuntu",
             ip: "10.0.0.5",
             serial: Some(("serial.lab".into(), "3001".into())),
-            now: at(3600, 2024, 3, 31, 0, 30, 0, 500_000),
+            now: at(3600, (2024, 3, 31), (0, 30, 0), 500_000),
             timeout: 5400,
             job_id: "00000000-1111".into(),
         };

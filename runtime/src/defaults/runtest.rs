@@ -44,25 +44,29 @@ pub async fn run(cx: &Arc<StageContext>) -> Result<u8, StageError> {
         crate::control_host::setup(cx, "test", None).await;
     }
     let test_cmds = test_cmds(cx)?;
-    let capture = cx.serial.capture();
+    // The console is captured into test-serial.log while the commands run.
+    let rc = {
+        let _capture = cx.serial.capture();
+        run_commands(cx, &test_cmds).await?
+    };
+    tracing::info!(target: "tfdc::defaults", "END testrun");
+    Ok(shell::exit_status(rc))
+}
+
+async fn run_commands(cx: &StageContext, test_cmds: &Value) -> Result<i32, StageError> {
     let secrets = cx
         .job
         .secrets()
         .map_err(|e| StageError::failed("JobDataError", e.to_string()))?;
     let env = command_env(std::env::vars_os(), &cx.config, &secrets)?;
-    let rc = match &test_cmds {
-        Value::Array(items) => run_list(cx, items, &env).await?,
-        Value::String(script) => run_script(cx, script, &env).await?,
-        other => {
-            return Err(StageError::failed(
-                "TypeError",
-                format!("{BAD_TYPE} (found {})", kind_of(other)),
-            ));
-        }
-    };
-    drop(capture);
-    tracing::info!(target: "tfdc::defaults", "END testrun");
-    Ok(shell::exit_status(rc))
+    match test_cmds {
+        Value::Array(items) => run_list(cx, items, &env).await,
+        Value::String(script) => run_script(cx, script, &env).await,
+        other => Err(StageError::failed(
+            "TypeError",
+            format!("{BAD_TYPE} (found {})", kind_of(other)),
+        )),
+    }
 }
 
 /// `test_data.test_cmds` (null when absent); a missing `test_data` is an
