@@ -275,3 +275,24 @@ fn the_control_host_is_asked_to_prepare_for_the_test() {
     assert_eq!(requests[0].method, "POST");
     assert_eq!(requests[0].path, "/api/v1/system/setup/test");
 }
+
+#[test]
+fn secrets_are_not_available_to_templates() {
+    let secret = "never-in-a-command-line";
+    let rd = setup(json!({
+        "test_cmds": ["echo {env[MY_TOKEN]} {{x}}"],
+        "secrets": {"MY_TOKEN": secret}
+    }));
+    let run = runtest(&rd);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert!(!run.stderr.contains(secret));
+    let info = error_info(&rd);
+    assert_eq!(info["exception_name"], "KeyError");
+    let message = info["exception_message"].as_str().unwrap();
+    assert!(
+        message.contains("only available as environment variables"),
+        "{message}"
+    );
+    assert!(!message.contains(secret));
+}

@@ -14,14 +14,14 @@
 //! spawn; and a background process holding the output pipe no longer
 //! hangs the stage (see [`super::shell`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::shell::{self, Env, OUTPUT_GRACE};
 use super::template;
@@ -58,10 +58,15 @@ async fn run_commands(cx: &StageContext, test_cmds: &Value) -> Result<i32, Stage
         .job
         .secrets()
         .map_err(|e| StageError::failed("JobDataError", e.to_string()))?;
-    let env = command_env(std::env::vars_os(), &cx.config, &secrets)?;
+    let runner = Runner {
+        cwd: cx.rundir.root(),
+        env: command_env(std::env::vars_os(), &cx.config, &secrets)?,
+        template_keys: template_keys(&cx.config)?,
+        secret_names: secrets.into_keys().collect(),
+    };
     match test_cmds {
-        Value::Array(items) => run_list(cx, items, &env).await,
-        Value::String(script) => run_script(cx, script, &env).await,
+        Value::Array(items) => runner.run_list(items).await,
+        Value::String(script) => runner.run_script(script).await,
         other => Err(StageError::failed(
             "TypeError",
             format!("{BAD_TYPE} (found {})", kind_of(other)),
@@ -110,20 +115,43 @@ pub fn command_env(
         insert(&mut env, &name, value)?;
     }
     insert(&mut env, "AGENT_NAME", config.agent_name())?;
-    let reboot_script = match config.get("reboot_script") {
-        Some(Value::String(s)) => s.clone(),
-        _ => config
-            .command_list("reboot_script")
-            .map_err(config_error)?
-            .unwrap_or_default()
-            .join(";"),
-    };
-    insert(&mut env, "REBOOT_SCRIPT", reboot_script)?;
+    insert(&mut env, "REBOOT_SCRIPT", reboot_script(config)?)?;
     for (name, value) in secrets {
         insert(&mut env, name, value.clone())?;
     }
     env.retain(|_, value| !value.is_empty());
     Ok(env)
+}
+
+/// `REBOOT_SCRIPT`: the `reboot_script` entries joined by `;`.
+fn reboot_script(config: &DeviceConfig) -> Result<String, StageError> {
+    Ok(match config.get("reboot_script") {
+        Some(Value::String(s)) => s.clone(),
+        _ => config
+            .command_list("reboot_script")
+            .map_err(|e| StageError::failed("ConfigError", e.to_string()))?
+            .unwrap_or_default()
+            .join(";"),
+    })
+}
+
+/// What `{key}` templates can name: the config's top-level keys, with
+/// `AGENT_NAME` and `REBOOT_SCRIPT` added to `env` as the reference does
+/// before it templates. Secrets are deliberately left out (the reference
+/// adds them too, and then logs the expanded command).
+pub fn template_keys(config: &DeviceConfig) -> Result<Map<String, Value>, StageError> {
+    let mut keys = config.keys().clone();
+    let mut env = match keys.get("env") {
+        Some(Value::Object(map)) => map.clone(),
+        _ => Map::new(),
+    };
+    env.insert("AGENT_NAME".into(), Value::String(config.agent_name()));
+    env.insert(
+        "REBOOT_SCRIPT".into(),
+        Value::String(reboot_script(config)?),
+    );
+    keys.insert("env".into(), Value::Object(env));
+    Ok(keys)
 }
 
 fn insert(env: &mut Env, name: &str, value: String) -> Result<(), StageError> {
@@ -143,89 +171,101 @@ fn insert(env: &mut Env, name: &str, value: String) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Expands the deprecated `{key}` templating if `command` asks for it.
-fn templated(cx: &StageContext, command: &str) -> Result<String, StageError> {
-    if !template::is_templated(command) {
-        return Ok(command.to_string());
-    }
-    tracing::warn!(target: "tfdc::defaults", "DEPRECATED - Detected use of double-braces in test_cmds");
-    template::expand(command, cx.config.keys()).map_err(|e| {
-        StageError::failed(
-            e.kind,
-            format!(
+/// Runs the commands of one stage.
+struct Runner<'a> {
+    cwd: &'a Path,
+    env: Env,
+    template_keys: Map<String, Value>,
+    /// Names of `test_data.secrets`, for a clearer template error.
+    secret_names: BTreeSet<String>,
+}
+
+impl Runner<'_> {
+    /// Expands the deprecated `{key}` templating if `command` asks for it.
+    fn templated(&self, command: &str) -> Result<String, StageError> {
+        if !template::is_templated(command) {
+            return Ok(command.to_string());
+        }
+        tracing::warn!(target: "tfdc::defaults", "DEPRECATED - Detected use of double-braces in test_cmds");
+        template::expand(command, &self.template_keys).map_err(|e| {
+            let mut message = format!(
                 "cannot fill in config values in test_cmds: {}; a command containing `{{{{` is read as a Python format string (deprecated): double every literal brace, or avoid `{{{{`",
                 e.message
-            ),
-        )
-    })
-}
-
-async fn run_command(cx: &StageContext, command: &str, env: &Env) -> Result<i32, StageError> {
-    shell::run(
-        command,
-        env,
-        cx.rundir.root(),
-        OUTPUT_GRACE,
-        crate::logging::print_bytes,
-    )
-    .await
-    .map_err(|e| {
-        StageError::failed(
-            "OSError",
-            format!(
-                "cannot run test command in {}: {e}",
-                cx.rundir.root().display()
-            ),
-        )
-    })
-}
-
-/// List form: every command in turn; the status is the last command's.
-async fn run_list(cx: &StageContext, items: &[Value], env: &Env) -> Result<i32, StageError> {
-    if items.is_empty() {
-        return Err(StageError::failed(
-            "ValueError",
-            "test_cmds is an empty list: there is nothing to run",
-        ));
+            );
+            let missing = e.message.trim_matches('\'');
+            if e.kind == "KeyError" && self.secret_names.contains(missing) {
+                message.push_str(
+                    "; test_data.secrets are only available as environment variables, not in templates",
+                );
+            }
+            StageError::failed(e.kind, message)
+        })
     }
-    let mut rc = 0;
-    for (index, item) in items.iter().enumerate() {
-        let Value::String(command) = item else {
+
+    async fn run_command(&self, command: &str) -> Result<i32, StageError> {
+        shell::run(
+            command,
+            &self.env,
+            self.cwd,
+            OUTPUT_GRACE,
+            crate::logging::print_bytes,
+        )
+        .await
+        .map_err(|e| {
+            StageError::failed(
+                "OSError",
+                format!("cannot run test command in {}: {e}", self.cwd.display()),
+            )
+        })
+    }
+
+    /// List form: every command in turn; the status is the last command's.
+    async fn run_list(&self, items: &[Value]) -> Result<i32, StageError> {
+        if items.is_empty() {
             return Err(StageError::failed(
-                "TypeError",
-                format!(
-                    "test_cmds[{index}] must be a string, found {}",
-                    kind_of(item)
-                ),
+                "ValueError",
+                "test_cmds is an empty list: there is nothing to run",
             ));
-        };
-        let command = templated(cx, command)?;
-        tracing::info!(target: "tfdc::defaults", "Running: {command}");
-        rc = run_command(cx, &command, env).await?;
-        if rc != 0 {
-            tracing::warn!(target: "tfdc::defaults", "Command failed, rc={rc}");
         }
+        let mut rc = 0;
+        for (index, item) in items.iter().enumerate() {
+            let Value::String(command) = item else {
+                return Err(StageError::failed(
+                    "TypeError",
+                    format!(
+                        "test_cmds[{index}] must be a string, found {}",
+                        kind_of(item)
+                    ),
+                ));
+            };
+            let command = self.templated(command)?;
+            tracing::info!(target: "tfdc::defaults", "Running: {command}");
+            rc = self.run_command(&command).await?;
+            if rc != 0 {
+                tracing::warn!(target: "tfdc::defaults", "Command failed, rc={rc}");
+            }
+        }
+        Ok(rc)
     }
-    Ok(rc)
-}
 
-/// String form: written to `tf_cmd_script` (mode 0775) and executed.
-async fn run_script(cx: &StageContext, script: &str, env: &Env) -> Result<i32, StageError> {
-    let script = if script.starts_with("#!") {
-        script.to_string()
-    } else {
-        format!("#!/bin/bash\n{script}")
-    };
-    let script = templated(cx, &script)?;
-    let path = cx.rundir.file(SCRIPT_NAME);
-    write_script(&path, &script).map_err(|e| {
-        StageError::failed("OSError", format!("cannot write {}: {e}", path.display()))
-    })?;
-    let rc = run_command(cx, &format!("./{SCRIPT_NAME}"), env).await?;
-    if rc != 0 {
-        tracing::warn!(target: "tfdc::defaults", "Tests failed, rc={rc}");
+    /// String form: written to `tf_cmd_script` (mode 0775) and executed.
+    async fn run_script(&self, script: &str) -> Result<i32, StageError> {
+        let script = if script.starts_with("#!") {
+            script.to_string()
+        } else {
+            format!("#!/bin/bash\n{script}")
+        };
+        let script = self.templated(&script)?;
+        let path = self.cwd.join(SCRIPT_NAME);
+        write_script(&path, &script).map_err(|e| {
+            StageError::failed("OSError", format!("cannot write {}: {e}", path.display()))
+        })?;
+        let rc = self.run_command(&format!("./{SCRIPT_NAME}")).await?;
+        if rc != 0 {
+            tracing::warn!(target: "tfdc::defaults", "Tests failed, rc={rc}");
+        }
+        Ok(rc)
     }
-    Ok(rc)
 }
 
 /// Replaces `path` with `text`, mode 0775 whatever the umask.
@@ -323,6 +363,23 @@ mod tests {
         secrets.insert("A=B".to_string(), "value-x".to_string());
         let e = command_env(Vec::new(), &config("{}\n"), &secrets).unwrap_err();
         assert!(!e.message.contains("value-x"), "{}", e.message);
+    }
+
+    #[test]
+    fn templates_see_agent_name_and_reboot_script_in_env() {
+        let c = config("agent_name: a1\nreboot_script: [x, y]\nenv: {DEVICE_IP: 1.2.3.4}\n");
+        let keys = template_keys(&c).unwrap();
+        let got = template::expand(
+            "{env[DEVICE_IP]} {env[AGENT_NAME]} {env[REBOOT_SCRIPT]} {{}}",
+            &keys,
+        )
+        .unwrap();
+        assert_eq!(got, "1.2.3.4 a1 x;y {}");
+        let keys = template_keys(&config("{}\n")).unwrap();
+        assert_eq!(
+            template::expand("{env} {{}}", &keys).unwrap(),
+            "{'AGENT_NAME': '', 'REBOOT_SCRIPT': ''} {}"
+        );
     }
 
     #[test]
