@@ -3,5 +3,6 @@
 
 mod common;
 mod fake_connector;
+mod noprovision;
 mod reserve;
 mod runtest;

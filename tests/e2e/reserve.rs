@@ -215,3 +215,60 @@ fn a_missing_device_ip_is_an_error() {
         .unwrap();
     assert!(message.contains("device_ip"), "{message}");
 }
+
+/// Keys end up in the test user's `authorized_keys` on the (simulated)
+/// device, next to the agent's key, without duplicates on a second run.
+#[test]
+fn imported_keys_are_installed_on_the_device() {
+    let dut = labsim::dut::Dut::start("127.0.0.1").unwrap();
+    let server = KeyServer::start(
+        Keys::default()
+            .launchpad(
+                "alice",
+                &format!("{}\n{}\n", keyserver::ALICE_ED25519, keyserver::ALICE_RSA),
+            )
+            .github("bob", keyserver::BOB_ECDSA),
+    )
+    .unwrap();
+    let rd = RunDir::new();
+    let agent = dut.configure_client(&rd.home()).unwrap();
+    let cfg = config(&rd, &server, "")
+        .replace("device_ip: 127.0.0.1", &format!("device_ip: {}", dut.ip()));
+    rd.write("default.yaml", &cfg);
+    rd.write(
+        "testflinger.json",
+        r#"{"job_id": "j-dev", "reserve_data": {"ssh_keys": ["lp:alice", "gh:bob"], "timeout": 0}}"#,
+    );
+    for _ in 0..2 {
+        let run = rd.stage("fake_connector", "reserve");
+        assert_eq!(run.code, 0);
+        assert!(
+            run.stderr
+                .contains("Installed the keys of lp:alice for ubuntu on the device"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr
+                .contains("Installed the keys of gh:bob for ubuntu on the device"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("Error copying ssh key"),
+            "{}",
+            run.stderr
+        );
+    }
+    let text = std::fs::read_to_string(dut.home().join(".ssh/authorized_keys")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            agent.public_line.trim(),
+            &format!("{} # ssh-import-id lp:alice", keyserver::ALICE_ED25519),
+            &format!("{} # ssh-import-id lp:alice", keyserver::ALICE_RSA),
+            &format!("{} # ssh-import-id gh:bob", keyserver::BOB_ECDSA),
+        ]
+    );
+}

@@ -7,6 +7,7 @@
 //! runtime, so it works the same from synchronous tests (which run the CLI
 //! as a child process) and from async code; dropping the handle stops it.
 
+pub mod dut;
 pub mod keyserver;
 pub mod tls;
 pub mod web;
