@@ -272,3 +272,59 @@ fn imported_keys_are_installed_on_the_device() {
         ]
     );
 }
+
+/// A device that is still booting when the keys arrive: the installation
+/// is retried (reference: 10 attempts, 60 s apart; scaled down here).
+#[test]
+fn installation_is_retried_until_the_device_answers() {
+    let dut = labsim::dut::Dut::builder("127.0.0.1")
+        .powered_off()
+        .start()
+        .unwrap();
+    let server = KeyServer::start(Keys::default().github("bob", keyserver::BOB_ECDSA)).unwrap();
+    let rd = RunDir::new();
+    dut.configure_client(&rd.home()).unwrap();
+    // 0.05 s poll interval: 0.3 s between installation attempts.
+    let cfg = config(&rd, &server, "")
+        .replace("device_ip: 127.0.0.1", &format!("device_ip: {}", dut.ip()))
+        .replace("poll_interval_seconds: 0.01", "poll_interval_seconds: 0.05");
+    rd.write("default.yaml", &cfg);
+    rd.write(
+        "testflinger.json",
+        r#"{"reserve_data": {"ssh_keys": ["gh:bob"], "timeout": 0}}"#,
+    );
+    let child = rd
+        .command(&[
+            "fake_connector",
+            "reserve",
+            "-c",
+            "default.yaml",
+            "testflinger.json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Power on once the first attempt has been refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dut.connections_accepted() == 0 && !rd.exists("key.pub") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    dut.power_on();
+    let run = crate::common::finish(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("Error copying ssh key to device for: gh:bob"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Installed the keys of gh:bob"),
+        "{}",
+        run.stderr
+    );
+    let text = std::fs::read_to_string(dut.home().join(".ssh/authorized_keys")).unwrap();
+    assert!(text.contains(&format!("{} # ssh-import-id gh:bob", keyserver::BOB_ECDSA)));
+}
