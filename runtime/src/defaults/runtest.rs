@@ -11,8 +11,10 @@
 //! only being logged; an empty list is an error with a clear message
 //! (the reference crashes with `UnboundLocalError`); non-string scalar
 //! values in `env` are rendered (`3001`, `true`) instead of crashing the
-//! spawn; and a background process holding the output pipe no longer
-//! hangs the stage (see [`super::shell`]).
+//! spawn; templates (`{env[NAME]}`) cannot read `test_data.secrets`, which
+//! the reference would substitute and then log with the command; and a
+//! background process holding the output pipe no longer hangs the stage
+//! (see [`super::shell`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
