@@ -6,3 +6,5 @@ mod common;
 mod fake_connector;
 mod noprovision;
 mod pinning;
+mod reserve;
+mod runtest;

@@ -8,7 +8,9 @@
 //! as a child process) and from async code; dropping the handle stops it.
 
 pub mod dut;
+pub mod keyserver;
 pub mod serial;
+pub mod tls;
 pub mod web;
 
 /// Fixture components built from `tests/fixtures/*` (with the `fixtures`
