@@ -3,6 +3,7 @@
 
 mod cache;
 mod common;
+mod compat;
 mod fake_connector;
 mod noprovision;
 mod pinning;
