@@ -51,7 +51,12 @@ fn lab() -> Lab {
         ),
     );
     rd.write("attachments/provision/seed.txt", "seed file\n");
-    Lab { dut, serial, web, rd }
+    Lab {
+        dut,
+        serial,
+        web,
+        rd,
+    }
 }
 
 fn stage(lab: &Lab, stage: &str) -> crate::common::Run {
@@ -82,25 +87,54 @@ fn provision_uses_log_job_power_and_ssh() {
         "compat: downloaded round trip",
         "compat: artifact 11 bytes",
     ] {
-        assert!(run.stdout.contains(line), "missing `{line}` in:\n{}", run.stdout);
+        assert!(
+            run.stdout.contains(line),
+            "missing `{line}` in:\n{}",
+            run.stdout
+        );
     }
-    for level in ["WARNING: DEVICE CONNECTOR: compat: a warning", "ERROR: DEVICE CONNECTOR: compat: an error line"] {
+    for level in [
+        "WARNING: DEVICE CONNECTOR: compat: a warning",
+        "ERROR: DEVICE CONNECTOR: compat: an error line",
+    ] {
         assert!(run.stderr.contains(level), "{}", run.stderr);
     }
-    assert!(!run.stderr.contains("compat: debug line"), "DEBUG lines are dropped by default");
-    assert_eq!(lab.rd.json("device-info.json")["device_info"]["compat"]["wit"], "0.1.0");
-    assert_eq!(lab.rd.read("artifacts/compat/provision.txt"), "written by the 0.1.0 fixture\n");
-    assert_eq!(lab.rd.read("artifacts/compat/from-device.txt"), "round trip\n");
-    assert!(lab.dut.command_lines().iter().any(|c| c == "echo compat-$((6*7))"));
+    assert!(
+        !run.stderr.contains("compat: debug line"),
+        "DEBUG lines are dropped by default"
+    );
+    assert_eq!(
+        lab.rd.json("device-info.json")["device_info"]["compat"]["wit"],
+        "0.1.0"
+    );
+    assert_eq!(
+        lab.rd.read("artifacts/compat/provision.txt"),
+        "written by the 0.1.0 fixture\n"
+    );
+    assert_eq!(
+        lab.rd.read("artifacts/compat/from-device.txt"),
+        "round trip\n"
+    );
+    assert!(
+        lab.dut
+            .command_lines()
+            .iter()
+            .any(|c| c == "echo compat-$((6*7))")
+    );
 }
 
 #[test]
 fn runtest_uses_serial_and_returns_the_status() {
     let lab = lab();
-    lab.serial.respond("\n", "Ubuntu 24.04 LTS dut ttyS0\n\ndut login: ");
+    lab.serial
+        .respond("\n", "Ubuntu 24.04 LTS dut ttyS0\n\ndut login: ");
     let run = stage(&lab, "runtest");
     assert_eq!(run.code, 7, "{}", run.stderr);
-    assert!(run.stdout.contains("compat: serial saw login:"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("compat: serial saw login:"),
+        "{}",
+        run.stdout
+    );
     assert!(lab.serial.wait_received(b"\n", Duration::from_secs(5)));
     assert!(lab.rd.read("test-serial.log").contains("dut login:"));
 }
@@ -110,10 +144,27 @@ fn allocate_moves_bytes_with_transfer() {
     let lab = lab();
     let run = stage(&lab, "allocate");
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(std::fs::read(lab.rd.path().join("artifacts/compat/image.bin")).unwrap(), IMAGE);
-    assert!(run.stdout.contains(&format!("compat: to-artifact {} bytes sha256:", IMAGE.len())), "{}", run.stdout);
-    assert_eq!(std::fs::read_to_string(lab.dut.home().join("compat-stream.bin")).unwrap(), "seed file\n");
-    assert!(run.stdout.contains("compat: to-ssh 10 bytes sha256:"), "{}", run.stdout);
+    assert_eq!(
+        std::fs::read(lab.rd.path().join("artifacts/compat/image.bin")).unwrap(),
+        IMAGE
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "compat: to-artifact {} bytes sha256:",
+            IMAGE.len()
+        )),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(lab.dut.home().join("compat-stream.bin")).unwrap(),
+        "seed file\n"
+    );
+    assert!(
+        run.stdout.contains("compat: to-ssh 10 bytes sha256:"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -121,8 +172,17 @@ fn reserve_uses_http_fetch_and_call() {
     let lab = lab();
     let run = stage(&lab, "reserve");
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains(&format!("compat: fetch status 200 {} bytes", IMAGE.len())), "{}", run.stdout);
-    assert!(run.stdout.contains("compat: control host health 200"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("compat: fetch status 200 {} bytes", IMAGE.len())),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("compat: control host health 200"),
+        "{}",
+        run.stdout
+    );
     let paths: Vec<String> = lab.web.requests().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/image.bin", "/health"]);
 }
