@@ -211,7 +211,7 @@ fn write_entry(entry: &Path, compiled: &[u8]) -> io::Result<()> {
     tmp.write_all(compiled)?;
     tmp.write_all(MAGIC)?;
     tmp.write_all(&hasher.finalize().to_le_bytes())?;
-    tmp.as_file().sync_data()?;
+    // No fsync: a torn entry after a crash fails its CRC and is rebuilt.
     tmp.persist(entry).map_err(|e| e.error)?;
     Ok(())
 }
@@ -279,8 +279,10 @@ mod tests {
             paths.push(p);
         }
         cache.evict(&paths[0]).unwrap();
-        // 40 bytes > 25: the oldest unprotected entries go first.
+        // 40 bytes > 25: the oldest unprotected entries go first, until
+        // the rest fits (two of them here).
         assert!(paths[0].exists(), "the protected entry stays");
-        assert!(!paths[1].exists() && paths[2].exists() && paths[3].exists());
+        assert!(!paths[1].exists() && !paths[2].exists());
+        assert!(paths[3].exists(), "the most recently used entry stays");
     }
 }

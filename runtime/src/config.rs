@@ -60,6 +60,9 @@ pub struct RuntimeSettings {
     /// Extra PEM CA certificates trusted for HTTPS (key servers, images).
     pub extra_ca_certs: Vec<PathBuf>,
     /// Seconds between polls of waits such as `wait-reachable` (reference: 10).
+    /// Also scales the default reserve's retry pauses: at 10 they are the
+    /// reference's (key import backoff 1..100 s, 60 s between key
+    /// installation attempts).
     pub poll_interval_seconds: f64,
     /// Seconds to let the control host finish shutting down once it stopped
     /// answering, before its reboot script runs (reference: 10).

@@ -44,6 +44,8 @@ pub struct StageContext {
     pub serial: SerialHub,
     /// Outbound HTTP.
     pub http: crate::http::HttpClient,
+    /// Host-side bulk transfers.
+    pub transfers: crate::transfer::Transfers,
 }
 
 /// Everything needed to build a [`StageContext`].
@@ -72,7 +74,9 @@ impl StageContext {
             gate,
         } = spec;
         let ssh = SshPool::new(&config, &job, &limits)?;
-        let serial = SerialHub::new(&config, &rundir, stage);
+        let serial =
+            SerialHub::new(&config, &rundir, stage).with_max_ports(limits.max_serial_ports);
+        let transfers = crate::transfer::Transfers::new(limits.max_transfers);
         let http = crate::http::HttpClient::new(&config, &job)?
             .with_url_patterns(gate.url_patterns().to_vec());
         Ok(Arc::new(StageContext {
@@ -87,6 +91,7 @@ impl StageContext {
             ssh,
             serial,
             http,
+            transfers,
         }))
     }
 }

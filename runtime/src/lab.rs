@@ -268,7 +268,7 @@ impl LoadedLab {
             .open(&lock_path)
             .map_err(|e| werr(format!("cannot open {}: {e}", lock_path.display())))?;
         lock.lock().map_err(|e| werr(e.to_string()))?;
-        crate::rundir::write_atomic(&self.path, text.as_bytes())
+        crate::rundir::write_durable(&self.path, text.as_bytes())
             .map_err(|e| werr(e.to_string()))?;
         self.text = text;
         Ok(())

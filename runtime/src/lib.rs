@@ -36,4 +36,7 @@ pub mod serial;
 pub mod ssh;
 pub mod stage;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod transfer;
 pub mod units;

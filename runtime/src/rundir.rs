@@ -297,15 +297,30 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder and
-/// a rename, so readers never see a half-written file.
+/// a rename, so readers never see a half-written file. No fsync: these
+/// files are read right after the process ends, and an fsync costs more
+/// than the whole rest of a warm run; see [`write_durable`] for files that
+/// must survive a power cut.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_with(path, data, false)
+}
+
+/// Like [`write_atomic`], flushed to disk before the rename (the lab file:
+/// operator data).
+pub fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_with(path, data, true)
+}
+
+fn write_with(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(data)?;
-    tmp.as_file().sync_data().ok();
+    if durable {
+        tmp.as_file().sync_data()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

@@ -3,6 +3,10 @@
 
 mod cache;
 mod common;
+mod compat;
 mod fake_connector;
 mod hostile;
+mod noprovision;
 mod pinning;
+mod reserve;
+mod runtest;

@@ -7,6 +7,10 @@
 //! runtime, so it works the same from synchronous tests (which run the CLI
 //! as a child process) and from async code; dropping the handle stops it.
 
+pub mod dut;
+pub mod keyserver;
+pub mod serial;
+pub mod tls;
 pub mod web;
 
 /// Fixture components built from `tests/fixtures/*` (with the `fixtures`

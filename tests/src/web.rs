@@ -16,6 +16,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 /// A request as the server received it.
 #[derive(Debug, Clone)]
@@ -119,6 +120,7 @@ pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 /// A running server; stops when dropped.
 pub struct WebServer {
     addr: SocketAddr,
+    tls: bool,
     requests: Arc<Mutex<Vec<Request>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -135,12 +137,30 @@ impl WebServer {
 
     /// Starts a server on the exact address `addr` (`ip:port`).
     pub fn start_on(addr: &str, handler: Handler) -> anyhow::Result<Self> {
+        Self::start_with(addr, handler, None)
+    }
+
+    /// Like [`WebServer::start`], speaking HTTPS with the certificate of
+    /// [`crate::tls`] (trusted through [`crate::tls::CA_PEM`]).
+    pub fn start_tls(
+        ip: &str,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            &format!("{ip}:0"),
+            Arc::new(handler),
+            Some(crate::tls::acceptor()?),
+        )
+    }
+
+    fn start_with(addr: &str, handler: Handler, tls: Option<TlsAcceptor>) -> anyhow::Result<Self> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (stop_tx, stop_rx) = oneshot::channel();
         let recorded = requests.clone();
+        let with_tls = tls.is_some();
         let thread = std::thread::Builder::new()
             .name(format!("labsim-web-{addr}"))
             .spawn(move || {
@@ -148,10 +168,11 @@ impl WebServer {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(serve(std_listener, handler, recorded, stop_rx));
+                rt.block_on(serve(std_listener, handler, recorded, stop_rx, tls));
             })?;
         Ok(WebServer {
             addr,
+            tls: with_tls,
             requests,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -163,9 +184,10 @@ impl WebServer {
         self.addr
     }
 
-    /// `http://ip:port`.
+    /// `http://ip:port`, or `https://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every request received so far, in order.
@@ -190,6 +212,7 @@ async fn serve(
     handler: Handler,
     recorded: Arc<Mutex<Vec<Request>>>,
     mut stop: oneshot::Receiver<()>,
+    tls: Option<TlsAcceptor>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let mut tasks = tokio::task::JoinSet::new();
@@ -200,23 +223,40 @@ async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let handler = handler.clone();
                 let recorded = recorded.clone();
+                let tls = tls.clone();
                 tasks.spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<Incoming>| {
-                        let handler = handler.clone();
-                        let recorded = recorded.clone();
-                        async move { Ok::<_, Infallible>(answer(req, handler, recorded).await) }
-                    });
-                    // Connection errors (clients going away, truncation
-                    // faults) are expected here.
-                    let _ = http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => serve_connection(stream, handler, recorded).await,
+                        Some(acceptor) => {
+                            // A failed handshake (client distrusts the
+                            // certificate) just ends the connection.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_connection(stream, handler, recorded).await;
+                            }
+                        }
+                    }
                 });
             }
         }
     }
     tasks.abort_all();
+}
+
+async fn serve_connection<S>(stream: S, handler: Handler, recorded: Arc<Mutex<Vec<Request>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let handler = handler.clone();
+        let recorded = recorded.clone();
+        async move { Ok::<_, Infallible>(answer(req, handler, recorded).await) }
+    });
+    // Connection errors (clients going away, truncation faults) are
+    // expected here.
+    let _ = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 async fn answer(

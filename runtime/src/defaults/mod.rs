@@ -3,6 +3,9 @@
 
 pub mod reserve;
 pub mod runtest;
+pub mod shell;
+pub mod ssh_keys;
+pub mod template;
 
 use std::sync::Arc;
 use std::time::Duration;

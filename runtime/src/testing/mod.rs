@@ -1,0 +1,4 @@
+//! Helpers for the runtime's unit tests.
+
+pub mod context;
+pub mod log;

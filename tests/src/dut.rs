@@ -1,0 +1,1315 @@
+//! A simulated device under test (DUT): an SSH server on a loopback
+//! address that runs commands for real in a scratch home, with a power
+//! state machine, fault injection and a power controller that other
+//! processes (the CLI's `reboot_script`) can drive.
+//!
+//! ```no_run
+//! use labsim::dut::{Dut, Rule};
+//! # fn f() -> anyhow::Result<()> {
+//! let dut = Dut::start("127.0.0.2")?;
+//! let home = tempfile::tempdir()?;
+//! dut.configure_client(home.path())?; // agent key + ~/.ssh/config entry
+//! dut.add_rule(Rule::exact("uname -m").stdout("aarch64\n"));
+//! // ... run the CLI with HOME=home, device_ip: 127.0.0.2 ...
+//! assert!(dut.commands().iter().any(|c| c.command == "/bin/true"));
+//! # Ok(()) }
+//! ```
+//!
+//! # Power states
+//!
+//! `Off` → (`power_on`) → `Booting` → (after the boot time) → `Up`. A
+//! `reboot(down_for)` goes to `Booting` for `down_for` from any state.
+//! Only an `Up` device listens: while `Off` or `Booting` the port is
+//! closed and connections are refused; going down also cuts every open
+//! connection and kills every running command, as a power cut does.
+//! Faults ([`Fault`]) change how an `Up` device treats new connections.
+//!
+//! # Commands
+//!
+//! Every exec request is recorded ([`Dut::commands`]). It is answered by
+//! the first matching [`Rule`], or else run with `/bin/sh -c` in the
+//! device's home (a scratch directory; `HOME` points there), with the
+//! channel's data as its standard input. Files written by commands (for
+//! example `~/.ssh/authorized_keys`) really land in [`Dut::home`].
+//! Interactive shells and subsystems (sftp) are refused.
+//!
+//! Input is passed on with backpressure: while a command does not read its
+//! standard input, the connection stops reading too. A command that writes
+//! a lot of output without ever reading the input it was sent can therefore
+//! stall until it exits or the client gives up (real sshd avoids this with
+//! per-channel windows; the simulator keeps it simple).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use regex::Regex;
+use russh::keys::{Algorithm, PrivateKey, PublicKey};
+use russh::server::{self, Auth, Msg, PublicKeyOffer, VerifiedPublicKey};
+use russh::{Channel, ChannelMsg, Sig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot};
+
+/// Power state of a simulated device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    /// Powered off: connections are refused.
+    Off,
+    /// Booting: connections are refused until the boot finishes.
+    Booting,
+    /// Up: SSH answers (unless a [`Fault`] says otherwise).
+    Up,
+}
+
+/// How an `Up` device treats new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Normal service.
+    None,
+    /// The port is closed: connections are refused.
+    Refuse,
+    /// TCP connections are accepted but never answered (no SSH banner),
+    /// like a wedged sshd or a firewall that swallows packets after the
+    /// handshake.
+    Hang,
+}
+
+/// One exec request the device received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    /// The user the connection logged in as.
+    pub user: String,
+    /// The command, as sent.
+    pub command: String,
+}
+
+/// One successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: String,
+    /// `publickey` or `password`.
+    pub method: &'static str,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+/// A scripted answer to matching commands.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    matcher: Matcher,
+    status: u32,
+    stdout: Bytes,
+    stderr: Bytes,
+    delay: Duration,
+    reboot_after: Option<Duration>,
+}
+
+impl Rule {
+    fn new(matcher: Matcher) -> Self {
+        Rule {
+            matcher,
+            status: 0,
+            stdout: Bytes::new(),
+            stderr: Bytes::new(),
+            delay: Duration::ZERO,
+            reboot_after: None,
+        }
+    }
+
+    /// Matches the command text exactly.
+    pub fn exact(command: &str) -> Self {
+        Rule::new(Matcher::Exact(command.to_string()))
+    }
+
+    /// Matches commands the regular expression finds a match in.
+    pub fn regex(pattern: &str) -> anyhow::Result<Self> {
+        let re = Regex::new(pattern).with_context(|| format!("bad rule pattern {pattern:?}"))?;
+        Ok(Rule::new(Matcher::Regex(re)))
+    }
+
+    /// Exit status (default 0).
+    pub fn status(mut self, status: u32) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Standard output.
+    pub fn stdout(mut self, text: impl Into<Bytes>) -> Self {
+        self.stdout = text.into();
+        self
+    }
+
+    /// Standard error.
+    pub fn stderr(mut self, text: impl Into<Bytes>) -> Self {
+        self.stderr = text.into();
+        self
+    }
+
+    /// Time before the answer (the command "runs" this long).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// After answering, the device reboots and stays down for `down_for`
+    /// (a `sudo reboot`).
+    pub fn then_reboot(mut self, down_for: Duration) -> Self {
+        self.reboot_after = Some(down_for);
+        self
+    }
+
+    fn matches(&self, command: &str) -> bool {
+        match &self.matcher {
+            Matcher::Exact(s) => s == command,
+            Matcher::Regex(re) => re.is_match(command),
+        }
+    }
+}
+
+/// An agent key pair written to disk.
+#[derive(Debug, Clone)]
+pub struct AgentKey {
+    /// The private key file (mode 0600).
+    pub private_key: PathBuf,
+    /// The `.pub` file next to it.
+    pub public_key: PathBuf,
+    /// The `authorized_keys` line.
+    pub public_line: String,
+}
+
+/// The generated power scripts of a device.
+#[derive(Debug, Clone)]
+pub struct PowerScripts {
+    /// Reboots the device (down for the builder's `reboot_down_for`).
+    pub reboot: PathBuf,
+    /// Powers it off.
+    pub off: PathBuf,
+    /// Powers it on (it boots for the builder's `boot_time`).
+    pub on: PathBuf,
+}
+
+/// Configures a [`Dut`] before it starts.
+#[derive(Debug, Clone)]
+pub struct DutBuilder {
+    ip: String,
+    user: String,
+    password: String,
+    boot_time: Duration,
+    reboot_down_for: Duration,
+    initial: PowerState,
+}
+
+impl DutBuilder {
+    /// The user that password logins are accepted for (default `ubuntu`).
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = user.to_string();
+        self
+    }
+
+    /// The password accepted for [`DutBuilder::user`] (default `ubuntu`).
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = password.to_string();
+        self
+    }
+
+    /// How long `power_on` takes to reach `Up` (default 300 ms).
+    pub fn boot_time(mut self, d: Duration) -> Self {
+        self.boot_time = d;
+        self
+    }
+
+    /// How long the power controller's `reboot` keeps the device down
+    /// (default 500 ms).
+    pub fn reboot_down_for(mut self, d: Duration) -> Self {
+        self.reboot_down_for = d;
+        self
+    }
+
+    /// Starts powered off instead of up.
+    pub fn powered_off(mut self) -> Self {
+        self.initial = PowerState::Off;
+        self
+    }
+
+    /// Starts the device.
+    pub fn start(self) -> anyhow::Result<Dut> {
+        Dut::start_with(self)
+    }
+}
+
+struct Machine {
+    power: PowerState,
+    fault: Fault,
+    up_at: Option<Instant>,
+}
+
+struct Shared {
+    addr: SocketAddr,
+    home: PathBuf,
+    user: String,
+    password: String,
+    boot_time: Duration,
+    reboot_down_for: Duration,
+    host_key: PrivateKey,
+    machine: Mutex<Machine>,
+    wake: Notify,
+    records: Mutex<Vec<ExecRecord>>,
+    logins: Mutex<Vec<Login>>,
+    rules: Mutex<Vec<Rule>>,
+    power_events: Mutex<Vec<String>>,
+    accepted: AtomicUsize,
+    next_conn: AtomicU64,
+    /// Duplicates of open connections' sockets, to cut them.
+    live: Mutex<HashMap<u64, std::net::TcpStream>>,
+    /// Process groups of running commands.
+    procs: Mutex<HashSet<i32>>,
+    /// Whether the SSH port is bound right now: the device only counts as
+    /// up for observers once it can really be connected to.
+    listening: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Cuts every connection and kills every command.
+    fn kill_all(&self) {
+        for (_, sock) in lock(&self.live).drain() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        for pgid in lock(&self.procs).drain() {
+            // SAFETY: plain syscall on a process group this device started.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn set(&self, power: PowerState, up_in: Option<Duration>) {
+        {
+            let mut m = lock(&self.machine);
+            m.power = power;
+            m.up_at = up_in.map(|d| Instant::now() + d);
+        }
+        self.wake.notify_one();
+    }
+
+    fn power_off(&self) {
+        self.set(PowerState::Off, None);
+        self.kill_all();
+    }
+
+    fn reboot(&self, down_for: Duration) {
+        self.set(PowerState::Booting, Some(down_for));
+        self.kill_all();
+    }
+
+    fn power_on(&self) {
+        let off = lock(&self.machine).power == PowerState::Off;
+        if off {
+            self.set(PowerState::Booting, Some(self.boot_time));
+        }
+    }
+
+    fn state(&self) -> PowerState {
+        let mut m = lock(&self.machine);
+        if m.power == PowerState::Booting && m.up_at.is_some_and(|t| t <= Instant::now()) {
+            m.power = PowerState::Up;
+            m.up_at = None;
+        }
+        m.power
+    }
+
+    fn rule_for(&self, command: &str) -> Option<Rule> {
+        lock(&self.rules)
+            .iter()
+            .find(|r| r.matches(command))
+            .cloned()
+    }
+
+    /// Whether `key` is listed in the home's `authorized_keys` (read at
+    /// every login, so keys added by commands count at once).
+    fn authorized(&self, key: &PublicKey) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.home.join(".ssh/authorized_keys")) else {
+            return false;
+        };
+        text.lines().any(|line| {
+            let mut words = line.split_whitespace();
+            // Skip an options prefix: the key blob follows the algorithm.
+            while let Some(w) = words.next() {
+                if w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("sk-") {
+                    return words
+                        .next()
+                        .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok())
+                        .is_some_and(|k| k.key_data() == key.key_data());
+                }
+            }
+            false
+        })
+    }
+
+    /// Applies one power controller command; returns the reply line.
+    fn control(&self, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        lock(&self.power_events).push(line.trim().to_string());
+        match words.as_slice() {
+            ["reboot"] => self.reboot(self.reboot_down_for),
+            ["reboot", ms] => match ms.parse::<u64>() {
+                Ok(ms) => self.reboot(Duration::from_millis(ms)),
+                Err(_) => return format!("err bad duration {ms}"),
+            },
+            ["off"] => self.power_off(),
+            ["on"] => self.power_on(),
+            ["state"] => {}
+            _ => return format!("err unknown command {:?}", line.trim()),
+        }
+        format!("ok {:?}", self.state()).to_lowercase()
+    }
+}
+
+/// A running simulated device; stops (and kills what it runs) when
+/// dropped.
+pub struct Dut {
+    shared: Arc<Shared>,
+    control_addr: SocketAddr,
+    scratch: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Dut {
+    /// A builder for a device on the loopback address `ip`.
+    pub fn builder(ip: &str) -> DutBuilder {
+        DutBuilder {
+            ip: ip.to_string(),
+            user: "ubuntu".into(),
+            password: "ubuntu".into(),
+            boot_time: Duration::from_millis(300),
+            reboot_down_for: Duration::from_millis(500),
+            initial: PowerState::Up,
+        }
+    }
+
+    /// Starts a device that is up, on `ip` (any free port).
+    pub fn start(ip: &str) -> anyhow::Result<Dut> {
+        Dut::builder(ip).start()
+    }
+
+    fn start_with(b: DutBuilder) -> anyhow::Result<Dut> {
+        let ip: IpAddr =
+            b.ip.parse()
+                .with_context(|| format!("`{}` is not an IP address", b.ip))?;
+        if !ip.is_loopback() {
+            bail!("simulated devices only listen on loopback addresses, not {ip}");
+        }
+        let std_listener = std::net::TcpListener::bind((ip, 0))?;
+        let addr = std_listener.local_addr()?;
+        let control = std::net::TcpListener::bind((ip, 0))?;
+        let control_addr = control.local_addr()?;
+        std_listener.set_nonblocking(true)?;
+        control.set_nonblocking(true)?;
+        let scratch = tempfile::tempdir()?;
+        let home = scratch.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh"))?;
+        let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+            .map_err(|e| anyhow::anyhow!("cannot generate a host key: {e}"))?;
+        let up = b.initial == PowerState::Up;
+        let shared = Arc::new(Shared {
+            addr,
+            home,
+            user: b.user,
+            password: b.password,
+            boot_time: b.boot_time,
+            reboot_down_for: b.reboot_down_for,
+            host_key,
+            machine: Mutex::new(Machine {
+                power: b.initial,
+                fault: Fault::None,
+                up_at: None,
+            }),
+            wake: Notify::new(),
+            records: Mutex::new(Vec::new()),
+            logins: Mutex::new(Vec::new()),
+            rules: Mutex::new(Vec::new()),
+            power_events: Mutex::new(Vec::new()),
+            accepted: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+            procs: Mutex::new(HashSet::new()),
+            listening: std::sync::atomic::AtomicBool::new(up),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let inner = shared.clone();
+        let listener = up.then_some(std_listener);
+        let thread = std::thread::Builder::new()
+            .name(format!("labsim-dut-{addr}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(supervise(inner, listener, control, stop_rx));
+            })?;
+        Ok(Dut {
+            shared,
+            control_addr,
+            scratch,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The SSH address.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// The IP address (what `device_ip` holds).
+    pub fn ip(&self) -> String {
+        self.shared.addr.ip().to_string()
+    }
+
+    /// The SSH port.
+    pub fn port(&self) -> u16 {
+        self.shared.addr.port()
+    }
+
+    /// The device's home directory (where commands run).
+    pub fn home(&self) -> &Path {
+        &self.shared.home
+    }
+
+    /// The device's scratch directory (parent of the home).
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// The user password logins are accepted for.
+    pub fn user(&self) -> &str {
+        &self.shared.user
+    }
+
+    /// The host's public key.
+    pub fn host_key(&self) -> PublicKey {
+        self.shared.host_key.public_key().clone()
+    }
+
+    /// A `known_hosts` line for this device (`[ip]:port <key>`).
+    pub fn known_hosts_line(&self) -> String {
+        format!(
+            "[{}]:{} {}",
+            self.ip(),
+            self.port(),
+            self.host_key().to_openssh().unwrap_or_default()
+        )
+    }
+
+    /// Every exec request so far, in order.
+    pub fn commands(&self) -> Vec<ExecRecord> {
+        lock(&self.shared.records).clone()
+    }
+
+    /// Just the command texts of [`Dut::commands`].
+    pub fn command_lines(&self) -> Vec<String> {
+        self.commands().into_iter().map(|r| r.command).collect()
+    }
+
+    /// Every successful login so far.
+    pub fn logins(&self) -> Vec<Login> {
+        lock(&self.shared.logins).clone()
+    }
+
+    /// TCP connections accepted so far (including hung ones).
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Power controller commands received so far (`reboot`, `off` ...).
+    pub fn power_events(&self) -> Vec<String> {
+        lock(&self.shared.power_events).clone()
+    }
+
+    /// Adds a rule; rules are tried in the order they were added.
+    pub fn add_rule(&self, rule: Rule) {
+        lock(&self.shared.rules).push(rule);
+    }
+
+    /// Appends a public key line to the device's `authorized_keys`.
+    pub fn authorize_key(&self, public_line: &str) -> anyhow::Result<()> {
+        let path = self.home().join(".ssh/authorized_keys");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(f, "{}", public_line.trim())?;
+        Ok(())
+    }
+
+    /// The current power state.
+    pub fn state(&self) -> PowerState {
+        match self.shared.state() {
+            PowerState::Up if !self.shared.listening.load(Ordering::SeqCst) => PowerState::Booting,
+            other => other,
+        }
+    }
+
+    /// Waits (polling, bounded by `timeout`) until the device is in
+    /// `state`; returns whether it got there.
+    pub fn wait_state(&self, state: PowerState, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state() == state {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sets the fault applied to new connections while up.
+    pub fn set_fault(&self, fault: Fault) {
+        lock(&self.shared.machine).fault = fault;
+        self.shared.wake.notify_one();
+    }
+
+    /// Reboots: down (refusing) for `down_for`, then up again.
+    pub fn reboot(&self, down_for: Duration) {
+        self.shared.reboot(down_for);
+    }
+
+    /// Cuts the power.
+    pub fn power_off(&self) {
+        self.shared.power_off();
+    }
+
+    /// Powers on; the device is up after the boot time.
+    pub fn power_on(&self) {
+        self.shared.power_on();
+    }
+
+    /// The power controller's address (line protocol: `reboot [ms]`,
+    /// `off`, `on`, `state`; each answered by `ok <state>` or `err ...`).
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    /// Sends one command to the power controller over TCP, as a script
+    /// would; returns the reply line.
+    pub fn control(&self, command: &str) -> anyhow::Result<String> {
+        use std::io::{BufRead, BufReader};
+        let mut s = std::net::TcpStream::connect(self.control_addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        writeln!(s, "{command}")?;
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply)?;
+        Ok(reply.trim().to_string())
+    }
+
+    /// Writes executable `reboot`, `off` and `on` scripts into `dir`
+    /// (bash, talking to the power controller through `/dev/tcp`), for a
+    /// device config's `reboot_script` and friends. They exit 0 on
+    /// success and non-zero, with a message, otherwise.
+    pub fn write_power_scripts(&self, dir: &Path) -> anyhow::Result<PowerScripts> {
+        std::fs::create_dir_all(dir)?;
+        let name = format!("dut-{}-{}", self.ip(), self.port()).replace([':', '.'], "_");
+        let write = |action: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(format!("{name}-{action}"));
+            let script = format!(
+                "#!/bin/bash\n\
+                 # Generated by labsim: power control ({action}) of the simulated device {dev}.\n\
+                 set -u\n\
+                 exec 3<>/dev/tcp/{cip}/{cport} || {{ echo \"power controller {cip}:{cport} is not reachable\" >&2; exit 2; }}\n\
+                 printf '%s\\n' '{action}' >&3\n\
+                 if ! IFS= read -r -t 10 reply <&3; then echo \"no answer from the power controller\" >&2; exit 3; fi\n\
+                 exec 3>&-\n\
+                 case \"$reply\" in ok*) echo \"{action}: $reply\"; exit 0 ;; *) echo \"power controller: $reply\" >&2; exit 1 ;; esac\n",
+                dev = self.addr(),
+                cip = self.control_addr.ip(),
+                cport = self.control_addr.port(),
+            );
+            std::fs::write(&path, script)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            Ok(path)
+        };
+        Ok(PowerScripts {
+            reboot: write("reboot")?,
+            off: write("off")?,
+            on: write("on")?,
+        })
+    }
+
+    /// The `~/.ssh/config` lines that send `ssh <ip>` to this device with
+    /// `identity`.
+    pub fn client_config_snippet(&self, identity: &Path) -> String {
+        format!(
+            "Host {ip}\n    HostName {ip}\n    Port {port}\n    IdentityFile {id}\n",
+            ip = self.ip(),
+            port = self.port(),
+            id = identity.display()
+        )
+    }
+
+    /// Appends [`Dut::client_config_snippet`] to `home/.ssh/config`.
+    pub fn write_client_config(&self, home: &Path, identity: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(home.join(".ssh"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(home.join(".ssh/config"))?;
+        write!(f, "{}", self.client_config_snippet(identity))?;
+        Ok(())
+    }
+
+    /// Prepares the agent side in `home` so that `ssh <ip>` (and the CLI
+    /// run with `HOME=home`) reaches this device: an agent key pair at
+    /// `home/.ssh/id_ed25519` (created if missing), authorised here, and
+    /// a `Host` entry appended to `home/.ssh/config`.
+    pub fn configure_client(&self, home: &Path) -> anyhow::Result<AgentKey> {
+        let key = agent_key(home)?;
+        self.authorize_key(&key.public_line)?;
+        self.write_client_config(home, &key.private_key)?;
+        Ok(key)
+    }
+}
+
+impl Drop for Dut {
+    fn drop(&mut self) {
+        self.shared.kill_all();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.shared.kill_all();
+    }
+}
+
+/// The agent key pair in `home/.ssh/id_ed25519`, created if missing.
+pub fn agent_key(home: &Path) -> anyhow::Result<AgentKey> {
+    let dir = home.join(".ssh");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join("id_ed25519");
+    if path.exists() {
+        let key = russh::keys::load_secret_key(&path, None)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let public_line = key.public_key().to_openssh()?.trim().to_string();
+        return Ok(AgentKey {
+            public_key: pub_path(&path),
+            private_key: path,
+            public_line,
+        });
+    }
+    write_key_pair(&path, None)
+}
+
+/// Writes a new ed25519 key pair at `path` (and `path.pub`), encrypted
+/// with `passphrase` if given.
+pub fn write_key_pair(path: &Path, passphrase: Option<&str>) -> anyhow::Result<AgentKey> {
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+        .map_err(|e| anyhow::anyhow!("cannot generate a key: {e}"))?;
+    let public_line = format!("{} labsim-agent", key.public_key().to_openssh()?.trim());
+    let stored = match passphrase {
+        Some(p) => key
+            .encrypt(&mut rand::rng(), p)
+            .map_err(|e| anyhow::anyhow!("cannot encrypt the key: {e}"))?,
+        None => key,
+    };
+    let text = stored.to_openssh(russh::keys::ssh_key::LineEnding::LF)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    let public_key = pub_path(path);
+    std::fs::write(&public_key, format!("{public_line}\n"))?;
+    Ok(AgentKey {
+        private_key: path.to_path_buf(),
+        public_key,
+        public_line,
+    })
+}
+
+fn pub_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+async fn accept_opt(
+    l: &Option<tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // The port was ours before the power cut; take it back even with
+    // connections of the previous boot in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+/// The device's main loop: follows the power state, opens and closes the
+/// port, and hands accepted connections to sessions.
+async fn supervise(
+    shared: Arc<Shared>,
+    initial: Option<std::net::TcpListener>,
+    control: std::net::TcpListener,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let config = Arc::new(server::Config {
+        keys: vec![shared.host_key.clone()],
+        auth_rejection_time: Duration::ZERO,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut listener = initial.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
+    if let Ok(control) = tokio::net::TcpListener::from_std(control) {
+        tokio::spawn(serve_control(control, shared.clone()));
+    }
+    loop {
+        let power = shared.state();
+        let (fault, up_at) = {
+            let m = lock(&shared.machine);
+            (m.fault, m.up_at)
+        };
+        let listen = power == PowerState::Up && fault != Fault::Refuse;
+        if !listen {
+            listener = None;
+        } else if listener.is_none() {
+            match bind(shared.addr) {
+                Ok(l) => listener = Some(l),
+                Err(e) => {
+                    eprintln!("labsim dut {}: cannot listen again: {e}", shared.addr);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        shared.listening.store(listener.is_some(), Ordering::SeqCst);
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = shared.wake.notified() => {}
+            _ = sleep_opt(up_at), if power == PowerState::Booting => {}
+            accepted = accept_opt(&listener) => {
+                if let Ok((stream, _)) = accepted {
+                    accept(&shared, &config, stream);
+                }
+            }
+        }
+    }
+}
+
+fn accept(shared: &Arc<Shared>, config: &Arc<server::Config>, stream: tokio::net::TcpStream) {
+    // A connection that slipped in while the device went down is cut.
+    if shared.state() != PowerState::Up || lock(&shared.machine).fault == Fault::Refuse {
+        return;
+    }
+    shared.accepted.fetch_add(1, Ordering::SeqCst);
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+    if let Ok(dup) = stream.as_fd().try_clone_to_owned() {
+        lock(&shared.live).insert(id, std::net::TcpStream::from(dup));
+    }
+    let hang = lock(&shared.machine).fault == Fault::Hang;
+    let shared = shared.clone();
+    let config = config.clone();
+    tokio::spawn(async move {
+        if hang {
+            // Read and discard until the client gives up; never answer.
+            let mut stream = stream;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let handler = Session {
+                shared: shared.clone(),
+                user: String::new(),
+            };
+            if let Ok(session) = server::run_stream(config, stream, handler).await {
+                let _ = session.await;
+            }
+        }
+        lock(&shared.live).remove(&id);
+    });
+}
+
+async fn serve_control(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = shared.control(&line);
+                if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// One SSH connection to the device.
+struct Session {
+    shared: Arc<Shared>,
+    user: String,
+}
+
+impl server::Handler for Session {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.shared.authorized(offer.public_key) {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.shared.authorized(key.public_key) {
+            return Ok(Auth::reject());
+        }
+        self.user = user.to_string();
+        lock(&self.shared.logins).push(Login {
+            user: user.to_string(),
+            method: "publickey",
+        });
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if user != self.shared.user || password != self.shared.password {
+            return Ok(Auth::reject());
+        }
+        self.user = user.to_string();
+        lock(&self.shared.logins).push(Login {
+            user: user.to_string(),
+            method: "password",
+        });
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        tokio::spawn(run_channel(
+            self.shared.clone(),
+            channel,
+            session.handle(),
+            self.user.clone(),
+        ));
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: russh::ChannelId,
+        data: &[u8],
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        lock(&self.shared.records).push(ExecRecord {
+            user: self.user.clone(),
+            command: String::from_utf8_lossy(data).into_owned(),
+        });
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: russh::ChannelId,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _name: &str,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+}
+
+/// Serves one session channel: waits for its exec request and answers it.
+async fn run_channel(
+    shared: Arc<Shared>,
+    channel: Channel<Msg>,
+    handle: server::Handle,
+    user: String,
+) {
+    let id = channel.id();
+    let (mut rx, tx) = channel.split();
+    let command = loop {
+        match rx.wait().await {
+            Some(ChannelMsg::Exec { command, .. }) => {
+                break String::from_utf8_lossy(&command).into_owned();
+            }
+            Some(ChannelMsg::Close) | None => return,
+            Some(ChannelMsg::RequestShell { .. }) | Some(ChannelMsg::RequestSubsystem { .. }) => {
+                let _ = tx.close().await;
+                return;
+            }
+            Some(_) => {}
+        }
+    };
+    if let Some(rule) = shared.rule_for(&command) {
+        let reply = async {
+            tokio::time::sleep(rule.delay).await;
+            if !rule.stdout.is_empty() {
+                let _ = tx.data_bytes(rule.stdout.clone()).await;
+            }
+            if !rule.stderr.is_empty() {
+                let _ = tx.extended_data_bytes(1, rule.stderr.clone()).await;
+            }
+            let _ = tx.exit_status(rule.status).await;
+            let _ = tx.eof().await;
+            let _ = tx.close().await;
+            true
+        };
+        // Input is drained (and ignored) so the connection never stalls;
+        // a client that closes first cancels the answer.
+        let drain = async {
+            while let Some(msg) = rx.wait().await {
+                if matches!(msg, ChannelMsg::Close) {
+                    break;
+                }
+            }
+            false
+        };
+        let answered = tokio::select! {
+            a = reply => a,
+            a = drain => a,
+        };
+        if answered && let Some(down_for) = rule.reboot_after {
+            // Let the answer leave before the "power cut".
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            shared.reboot(down_for);
+        }
+        return;
+    }
+    run_process(&shared, id, &command, rx, tx, handle, &user).await;
+}
+
+/// Runs `command` with `/bin/sh -c` in the device's home.
+async fn run_process(
+    shared: &Arc<Shared>,
+    id: russh::ChannelId,
+    command: &str,
+    mut rx: russh::ChannelReadHalf,
+    tx: russh::ChannelWriteHalf<Msg>,
+    handle: server::Handle,
+    user: &str,
+) {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(&shared.home)
+        .env_clear()
+        .env("HOME", &shared.home)
+        .env("PATH", path)
+        .env("USER", user)
+        .env("LOGNAME", user)
+        .env("SHELL", "/bin/sh")
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx
+                .extended_data_bytes(1, Bytes::from(format!("sh: {e}\n")))
+                .await;
+            let _ = tx.exit_status(127).await;
+            let _ = tx.eof().await;
+            let _ = tx.close().await;
+            return;
+        }
+    };
+    let pgid = child.id().map(|p| p as i32);
+    if let Some(pgid) = pgid {
+        lock(&shared.procs).insert(pgid);
+    }
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let outputs = async {
+        tokio::join!(
+            forward(stdout.take(), &tx, None),
+            forward(stderr.take(), &tx, Some(1)),
+        );
+        child.wait().await
+    };
+    let input = async {
+        while let Some(msg) = rx.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    if let Some(pipe) = stdin.as_mut()
+                        && pipe.write_all(&data).await.is_err()
+                    {
+                        // The command stopped reading: discard the rest.
+                        stdin = None;
+                    }
+                }
+                ChannelMsg::Eof => stdin = None,
+                ChannelMsg::Close => return,
+                _ => {}
+            }
+        }
+    };
+    let status = tokio::select! {
+        status = outputs => status.ok(),
+        _ = input => None,
+    };
+    if let Some(pgid) = pgid {
+        lock(&shared.procs).remove(&pgid);
+        // The command is done or abandoned: nothing it started survives.
+        // SAFETY: plain syscall on the process group this channel started.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+    }
+    let Some(status) = status else {
+        return;
+    };
+    if let Some(code) = status.code() {
+        let _ = tx.exit_status(code as u32).await;
+    } else if let Some(signal) = status.signal() {
+        let _ = handle
+            .exit_signal_request(id, signal_name(signal), false, String::new(), String::new())
+            .await;
+    }
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+}
+
+/// Copies a command's output pipe into the channel (as extended data
+/// `ext` when given).
+async fn forward(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    tx: &russh::ChannelWriteHalf<Msg>,
+    ext: Option<u32>,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                let sent = match ext {
+                    None => tx.data_bytes(data).await,
+                    Some(ext) => tx.extended_data_bytes(ext, data).await,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> Sig {
+    match signal {
+        libc::SIGABRT => Sig::ABRT,
+        libc::SIGALRM => Sig::ALRM,
+        libc::SIGFPE => Sig::FPE,
+        libc::SIGHUP => Sig::HUP,
+        libc::SIGILL => Sig::ILL,
+        libc::SIGINT => Sig::INT,
+        libc::SIGKILL => Sig::KILL,
+        libc::SIGPIPE => Sig::PIPE,
+        libc::SIGQUIT => Sig::QUIT,
+        libc::SIGSEGV => Sig::SEGV,
+        libc::SIGTERM => Sig::TERM,
+        libc::SIGUSR1 => Sig::USR1,
+        other => Sig::Custom(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read};
+
+    use super::*;
+
+    /// Reads the server's first bytes within a short time, if any.
+    fn banner(addr: SocketAddr) -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// Waits (bounded) until connections are refused.
+    fn eventually_refused(addr: SocketAddr) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !refused(addr) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    fn refused(addr: SocketAddr) -> bool {
+        matches!(
+            std::net::TcpStream::connect(addr),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused
+        )
+    }
+
+    #[test]
+    fn faults_change_how_connections_are_treated() {
+        let dut = Dut::start("127.0.0.2").unwrap();
+        assert_eq!(banner(dut.addr()).unwrap(), "SSH-2.0-");
+        dut.set_fault(Fault::Refuse);
+        assert!(eventually_refused(dut.addr()));
+        dut.set_fault(Fault::Hang);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while refused(dut.addr()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let err = banner(dut.addr()).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{err}"
+        );
+        dut.set_fault(Fault::None);
+        assert_eq!(banner(dut.addr()).unwrap(), "SSH-2.0-");
+        assert!(dut.connections_accepted() >= 3);
+    }
+
+    #[test]
+    fn power_scripts_drive_the_state_machine() {
+        let dut = Dut::builder("127.0.0.2")
+            .powered_off()
+            .boot_time(Duration::from_millis(100))
+            .reboot_down_for(Duration::from_millis(200))
+            .start()
+            .unwrap();
+        assert_eq!(dut.state(), PowerState::Off);
+        assert!(refused(dut.addr()));
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dut.write_power_scripts(dir.path()).unwrap();
+        let run = |p: &Path| std::process::Command::new(p).output().unwrap();
+
+        let out = run(&scripts.on);
+        assert!(out.status.success(), "{out:?}");
+        assert!(dut.wait_state(PowerState::Up, Duration::from_secs(5)));
+        assert_eq!(banner(dut.addr()).unwrap(), "SSH-2.0-");
+
+        let out = run(&scripts.reboot);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "reboot: ok booting"
+        );
+        assert!(eventually_refused(dut.addr()));
+        assert!(dut.wait_state(PowerState::Up, Duration::from_secs(5)));
+        assert_eq!(banner(dut.addr()).unwrap(), "SSH-2.0-");
+
+        assert!(run(&scripts.off).status.success());
+        assert_eq!(dut.state(), PowerState::Off);
+        assert_eq!(dut.power_events(), ["on", "reboot", "off"]);
+        assert!(dut.control("explode").unwrap().starts_with("err"));
+        assert_eq!(dut.control("reboot 50").unwrap(), "ok booting");
+        assert!(dut.wait_state(PowerState::Up, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_script_for_a_stopped_device_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = {
+            let dut = Dut::start("127.0.0.2").unwrap();
+            dut.write_power_scripts(dir.path()).unwrap()
+        };
+        let out = std::process::Command::new(&scripts.reboot)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+
+    #[test]
+    fn key_pairs_round_trip_and_only_loopback_is_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = agent_key(dir.path()).unwrap();
+        assert!(key.public_line.starts_with("ssh-ed25519 "));
+        // Idempotent: the existing key is reused.
+        assert_eq!(agent_key(dir.path()).unwrap().private_key, key.private_key);
+        let enc = write_key_pair(&dir.path().join("enc"), Some("pw")).unwrap();
+        assert!(russh::keys::load_secret_key(&enc.private_key, None).is_err());
+        assert!(russh::keys::load_secret_key(&enc.private_key, Some("pw")).is_ok());
+        assert!(Dut::start("192.0.2.1").is_err());
+        assert!(Rule::regex("(").is_err());
+        let rule = Rule::regex("^sudo reboot").unwrap();
+        assert!(rule.matches("sudo reboot now") && !rule.matches("echo sudo reboot"));
+    }
+}
