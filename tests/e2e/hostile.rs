@@ -355,6 +355,7 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         ["ssh.connect", "bmc"],
         ["ssh.wait-reachable", "control-host"],
         ["serial.open", "console"],
+        ["transfer.to-artifact", "url", format!("{g}/ok"), "img"],
     ]);
     let job = json!({
         "job_id": "caps",
@@ -453,6 +454,10 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         "serial.open [\"console\"]",
         "capability serial: console is not granted",
     );
+    denied(
+        "transfer.to-artifact",
+        "capability transfer: job-urls is not granted",
+    );
     for (cap, target) in [
         ("power", "ungranted_script"),
         ("power", "poweroff_script"),
@@ -466,6 +471,7 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         ("ssh", "control-host"),
         ("ssh", "bmc"),
         ("serial", "console"),
+        ("transfer", "job-urls"),
     ] {
         h.assert_denial_audited(&run, cap, target);
     }
@@ -480,6 +486,7 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         vec!["/redirect", "/ok"]
     );
     assert!(!run.stdout.contains("INTERNAL-SECRET"));
+    assert!(!h.rd.exists("artifacts/img"));
 }
 
 #[test]
@@ -961,6 +968,18 @@ fn closed_port() -> u16 {
 fn hostile_connector_sees_no_secret() {
     let closed = closed_port();
     let outside = Outside::new();
+    // The device takes the agent's key; the control host does not, and
+    // wants another password than the job's, so that authorize-key fails
+    // after trying the job's password.
+    let device = labsim::dut::Dut::start(DUT_IP).unwrap();
+    let key = device.configure_client(outside.path()).unwrap();
+    let control = labsim::dut::Dut::builder("127.0.0.3")
+        .password("not-the-job-password")
+        .start()
+        .unwrap();
+    control
+        .write_client_config(outside.path(), &key.private_key)
+        .unwrap();
     let secrets = [
         "S3CRET-JOB-TOKEN-1",
         "S3CRET-TEST-PASSWORD-2",
@@ -970,11 +989,12 @@ fn hostile_connector_sees_no_secret() {
         "S3CRET-CH-6",
         "S3CRET-URL-7",
         "HOSTILE-TEST-KEY",
+        "OPENSSH PRIVATE KEY",
         "env-secret-of-the-agent",
     ];
     let config = format!(
-        "device_ip: 127.0.0.1
-control_host: 127.0.0.1
+        "device_ip: {DUT_IP}
+control_host: 127.0.0.3
 serial_host: 127.0.0.1
 serial_port: {closed}
 reboot_script: ['false']
@@ -984,11 +1004,9 @@ bmc_password: ['S3CRET-BMC-4']
 pdus: [{{host: pdu1, password: S3CRET-NESTED-5}}]
 connector_runtime:
   control_host_url: 'http://admin:S3CRET-CH-6@127.0.0.1:{closed}'
-  identity_files: ['{}']
   poll_interval_seconds: 0.1
   control_host_settle_seconds: 0.1
-",
-        outside.p(".ssh/id_rsa")
+"
     );
     let job = json!({
         "job_id": "secrets",
@@ -1018,7 +1036,9 @@ connector_runtime:
         "\"job_id\":\"secrets\"",
         "\"test_cmds\":\"true\"",
         "attachment provision/seed.txt: attachment text",
-        "\"device_ip\":\"127.0.0.1\"",
+        "\"device_ip\":\"127.0.0.2\"",
+        "exec env device: ok Output { status: 0",
+        "authorize-key control-host: ",
         "power.run reboot_script: Failed: reboot_script entry `false` failed",
         "http.call control-host /health: Io: GET http://***@127.0.0.1:",
         "power.run bmc_password: Denied: `bmc_password` is a secret or runtime setting",
@@ -1035,6 +1055,10 @@ connector_runtime:
         assert!(!run.stdout.contains(secret), "{secret} leaked to stdout");
         assert!(!run.stderr.contains(secret), "{secret} leaked to the log");
     }
+    // The devices saw commands, not secrets.
+    for c in device.commands().iter().chain(&control.commands()) {
+        assert!(!secrets.iter().any(|s| c.command.contains(s)), "{c:?}");
+    }
     for key in [
         "maas_api_key",
         "bmc_password",
@@ -1047,4 +1071,241 @@ connector_runtime:
             "{key} in the views:\n{dump}"
         );
     }
+}
+
+/// Simulated devices listen on 127.0.0.2, away from the clients'
+/// ephemeral ports.
+const DUT_IP: &str = "127.0.0.2";
+
+/// SSH to a target the lab did not grant never reaches it, and a loop of
+/// `connect` calls ends at the session cap, on one shared connection.
+#[test]
+fn hostile_ssh_ungranted_target_and_session_flood_are_stopped() {
+    let dut = labsim::dut::Dut::start(DUT_IP).unwrap();
+    let outside = Outside::new();
+    dut.configure_client(outside.path()).unwrap();
+    let ops = json!([
+        ["ssh.connect", "control-host"],
+        ["ssh.wait-reachable", "control-host"],
+        ["ssh.authorize-key", "control-host"],
+        ["ssh.sessions", "device", "10000"],
+    ]);
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        "{ssh: [device]}",
+        "{max_ssh_sessions: 32, stage_timeout: 20}",
+        &format!(
+            "device_ip: {ip}\ncontrol_host: {ip}\nconnector_runtime: {{poll_interval_seconds: 0.1}}\n",
+            ip = dut.ip()
+        ),
+        json!({"job_id": "ssh", "provision_data": {"ops": ops}}),
+    );
+    h.outside = outside;
+    h.before = h.outside.snapshot();
+    let run = h.run();
+    h.assert_contained(&run);
+    let msg = h.message();
+    for op in ["ssh.connect", "ssh.wait-reachable", "ssh.authorize-key"] {
+        let line = outcome(&msg, &format!("{op} [\"control-host\"]"));
+        assert!(
+            line.contains("=> denied: capability ssh: control-host is not granted"),
+            "{line}"
+        );
+    }
+    h.assert_denial_audited(&run, "ssh", "control-host");
+    let line = outcome(&msg, "ssh.sessions");
+    assert!(line.contains("=> limit after 32 sessions: "), "{line}");
+    assert!(line.contains("limits.max_ssh_sessions"), "{line}");
+    // One connection carried every session; nothing logged in for the
+    // control host.
+    assert_eq!(dut.connections_accepted(), 1);
+    assert!(dut.commands().is_empty());
+}
+
+/// File names given to host-side copies (transfer to an artifact, SSH
+/// download to an artifact) and attachment sources are resolved like every
+/// other run-directory name; URL sources follow the URL grants, redirects
+/// included.
+#[test]
+fn hostile_transfer_and_download_names_cannot_escape() {
+    let dut = labsim::dut::Dut::start(DUT_IP).unwrap();
+    std::fs::write(dut.home().join("remote.txt"), "from the device\n").unwrap();
+    let other = WebServer::start("127.0.0.1", |_| Reply::text("INTERNAL-SECRET")).unwrap();
+    let other_url = other.url();
+    let web = WebServer::start("127.0.0.1", move |r| match r.path_only() {
+        "/redirect" => Reply::Full {
+            status: 302,
+            headers: vec![("location".into(), format!("{other_url}/secret"))],
+            body: Default::default(),
+        },
+        _ => Reply::bytes(vec![9u8; 4096]),
+    })
+    .unwrap();
+    let img = format!("{}/img", web.url());
+    let redirect = format!("{}/redirect", web.url());
+    let outside = Outside::new();
+    dut.configure_client(outside.path()).unwrap();
+    let abs = outside.p("abs.bin");
+    let ops = json!([
+        ["transfer.to-artifact", "url", img, "fine.bin"],
+        ["transfer.to-artifact", "url", img, "../escape.bin"],
+        ["transfer.to-artifact", "url", img, abs],
+        ["transfer.to-artifact", "url", img, "out/x.bin"],
+        ["transfer.to-artifact", "url", img, "link"],
+        [
+            "transfer.to-artifact",
+            "url",
+            format!("raw:{}/not-in-job", web.url()),
+            "nj.bin"
+        ],
+        ["transfer.to-artifact", "url", redirect, "redirected.bin"],
+        [
+            "transfer.to-artifact",
+            "attachment",
+            "../../default.yaml",
+            "a.bin"
+        ],
+        ["transfer.to-artifact", "attachment", "/etc/passwd", "b.bin"],
+        ["transfer.to-artifact", "attachment", "alink", "c.bin"],
+        [
+            "ssh.download-artifact",
+            "device",
+            "remote.txt",
+            "remote.txt"
+        ],
+        [
+            "ssh.download-artifact",
+            "device",
+            "remote.txt",
+            "../escape.txt"
+        ],
+        ["ssh.download-artifact", "device", "remote.txt", abs],
+        ["ssh.download-artifact", "device", "remote.txt", "out/y.txt"],
+        ["ssh.download-artifact", "device", "remote.txt", "link"],
+    ]);
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        &format!(
+            "{{ssh: [device], transfer: [job-urls, attachments], urls: ['{}']}}",
+            web.url()
+        ),
+        "{stage_timeout: 20}",
+        &format!("device_ip: {}\n", dut.ip()),
+        json!({"job_id": "copies", "provision_data": {"ops": ops}}),
+    );
+    h.outside = outside;
+    let root = h.rd.path().to_path_buf();
+    std::fs::create_dir_all(root.join("artifacts")).unwrap();
+    std::os::unix::fs::symlink(h.outside.p("dir"), root.join("artifacts/out")).unwrap();
+    std::os::unix::fs::symlink(h.outside.p("sentinel.txt"), root.join("artifacts/link")).unwrap();
+    h.rd.write("attachments/provision/ok.bin", "ok");
+    std::os::unix::fs::symlink(
+        h.outside.p("sentinel.txt"),
+        root.join("attachments/provision/alink"),
+    )
+    .unwrap();
+    h.before = h.outside.snapshot();
+    let run = h.run();
+    h.assert_contained(&run);
+    let msg = h.message();
+    let line = |prefix: &str| {
+        msg.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no outcome for {prefix}:\n{msg}"))
+            .to_string()
+    };
+    let refused = |prefix: &str, kind: &str, why: &str| {
+        let l = line(prefix);
+        assert!(
+            l.contains(&format!("=> {kind}: ")) && l.contains(why),
+            "{l}"
+        );
+    };
+    let dotdot = "`..` would leave the folder";
+    let absolute = "absolute paths are not allowed";
+    let symlink = "is a symbolic link or goes through one";
+    assert!(
+        line(&format!(
+            "transfer.to-artifact [\"url\", \"{img}\", \"fine.bin\"]"
+        ))
+        .contains("=> ok: 4096 bytes")
+    );
+    refused(
+        &format!("transfer.to-artifact [\"url\", \"{img}\", \"../escape.bin\"]"),
+        "invalid",
+        dotdot,
+    );
+    refused(
+        &format!("transfer.to-artifact [\"url\", \"{img}\", \"{abs}\"]"),
+        "invalid",
+        absolute,
+    );
+    refused(
+        &format!("transfer.to-artifact [\"url\", \"{img}\", \"out/x.bin\"]"),
+        "invalid",
+        symlink,
+    );
+    refused(
+        &format!("transfer.to-artifact [\"url\", \"{img}\", \"link\"]"),
+        "invalid",
+        symlink,
+    );
+    refused(
+        &format!(
+            "transfer.to-artifact [\"url\", \"{}/not-in-job\"",
+            web.url()
+        ),
+        "denied",
+        "is not one the job provides",
+    );
+    refused(
+        &format!("transfer.to-artifact [\"url\", \"{}/redirect\"", web.url()),
+        "io",
+        "is not covered by the URL grants",
+    );
+    refused(
+        "transfer.to-artifact [\"attachment\", \"../../default.yaml\"",
+        "invalid",
+        dotdot,
+    );
+    refused(
+        "transfer.to-artifact [\"attachment\", \"/etc/passwd\"",
+        "invalid",
+        absolute,
+    );
+    refused(
+        "transfer.to-artifact [\"attachment\", \"alink\"",
+        "invalid",
+        symlink,
+    );
+    assert!(
+        line("ssh.download-artifact [\"device\", \"remote.txt\", \"remote.txt\"]")
+            .contains("=> ok: copied 16 bytes")
+    );
+    refused(
+        "ssh.download-artifact [\"device\", \"remote.txt\", \"../escape.txt\"]",
+        "invalid",
+        dotdot,
+    );
+    refused(
+        &format!("ssh.download-artifact [\"device\", \"remote.txt\", \"{abs}\"]"),
+        "invalid",
+        absolute,
+    );
+    refused(
+        "ssh.download-artifact [\"device\", \"remote.txt\", \"out/y.txt\"]",
+        "invalid",
+        symlink,
+    );
+    refused(
+        "ssh.download-artifact [\"device\", \"remote.txt\", \"link\"]",
+        "invalid",
+        symlink,
+    );
+    assert_eq!(h.rd.read("artifacts/remote.txt"), "from the device\n");
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+    assert!(!h.rd.exists("artifacts/redirected.bin") && !h.rd.exists("artifacts/nj.bin"));
+    // Only the allowed download reached the device.
+    assert_eq!(dut.command_lines().len(), 1, "{:?}", dut.command_lines());
+    assert!(!run.stdout.contains("INTERNAL-SECRET"));
 }
