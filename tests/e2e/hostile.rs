@@ -1122,6 +1122,49 @@ fn hostile_ssh_ungranted_target_and_session_flood_are_stopped() {
     assert!(dut.commands().is_empty());
 }
 
+/// Device output the host logs for a connector counts against its log
+/// volume: a loop of chatty commands cannot flood the agent's log.
+#[test]
+fn hostile_device_output_flood_hits_the_log_limit() {
+    let dut = labsim::dut::Dut::start(DUT_IP).unwrap();
+    let outside = Outside::new();
+    dut.configure_client(outside.path()).unwrap();
+    let ops = json!([[
+        "ssh.exec-loop",
+        "device",
+        "yes line-of-output | head -n 5000",
+        "1000"
+    ]]);
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        "{ssh: [device]}",
+        "{max_log_bytes: 256KiB, stage_timeout: 20}",
+        &format!("device_ip: {}\n", dut.ip()),
+        json!({"job_id": "chatty", "provision_data": {"ops": ops}}),
+    );
+    h.outside = outside;
+    h.before = h.outside.snapshot();
+    let run = h.run();
+    h.assert_contained(&run);
+    let msg = h.message();
+    assert!(
+        msg.contains("exceeded the log volume limit of 262144 bytes per stage"),
+        "{msg}"
+    );
+    // 90 000 bytes per command: the fourth one ends the stage.
+    assert!(dut.commands().len() <= 4, "{}", dut.commands().len());
+    // Each logged line counts its text and newline (15 bytes).
+    let logged = run
+        .stderr
+        .lines()
+        .filter(|l| l.ends_with("line-of-output ssh_target=device"))
+        .count();
+    assert!(
+        logged > 0 && logged <= 262_144 / 15,
+        "{logged} lines logged"
+    );
+}
+
 /// File names given to host-side copies (transfer to an artifact, SSH
 /// download to an artifact) and attachment sources are resolved like every
 /// other run-directory name; URL sources follow the URL grants, redirects
