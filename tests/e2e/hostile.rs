@@ -1080,8 +1080,9 @@ const DUT_IP: &str = "127.0.0.2";
 /// SSH to a target the lab did not grant never reaches it, and a loop of
 /// `connect` calls ends at the session cap, on one shared connection.
 #[test]
-fn hostile_ssh_ungranted_target_and_session_flood_are_stopped() {
+fn hostile_ssh_ungranted_target_and_session_floods_are_stopped() {
     let dut = labsim::dut::Dut::start(DUT_IP).unwrap();
+    let console = labsim::serial::SerialServer::start("127.0.0.1").unwrap();
     let outside = Outside::new();
     dut.configure_client(outside.path()).unwrap();
     let ops = json!([
@@ -1089,14 +1090,17 @@ fn hostile_ssh_ungranted_target_and_session_flood_are_stopped() {
         ["ssh.wait-reachable", "control-host"],
         ["ssh.authorize-key", "control-host"],
         ["ssh.sessions", "device", "10000"],
+        ["serial.ports", "console", "1000"],
     ]);
     let mut h = Hostile::new(
         "fixture_hostile_escape",
-        "{ssh: [device]}",
-        "{max_ssh_sessions: 32, stage_timeout: 20}",
+        "{ssh: [device], serial: [console]}",
+        "{max_ssh_sessions: 32, max_serial_ports: 4, stage_timeout: 20}",
         &format!(
-            "device_ip: {ip}\ncontrol_host: {ip}\nconnector_runtime: {{poll_interval_seconds: 0.1}}\n",
-            ip = dut.ip()
+            "device_ip: {ip}\ncontrol_host: {ip}\nserial_host: {sh}\nserial_port: {sp}\nconnector_runtime: {{poll_interval_seconds: 0.1}}\n",
+            ip = dut.ip(),
+            sh = console.host(),
+            sp = console.port(),
         ),
         json!({"job_id": "ssh", "provision_data": {"ops": ops}}),
     );
@@ -1116,6 +1120,8 @@ fn hostile_ssh_ungranted_target_and_session_flood_are_stopped() {
     let line = outcome(&msg, "ssh.sessions");
     assert!(line.contains("=> limit after 32 sessions: "), "{line}");
     assert!(line.contains("limits.max_ssh_sessions"), "{line}");
+    let line = outcome(&msg, "serial.ports");
+    assert!(line.contains("=> limit after 4 ports: "), "{line}");
     // One connection carried every session; nothing logged in for the
     // control host.
     assert_eq!(dut.connections_accepted(), 1);
@@ -1351,4 +1357,49 @@ fn hostile_transfer_and_download_names_cannot_escape() {
     // Only the allowed download reached the device.
     assert_eq!(dut.command_lines().len(), 1, "{:?}", dut.command_lines());
     assert!(!run.stdout.contains("INTERNAL-SECRET"));
+}
+
+/// Attachments are unpacked from the submitter's archive: a folder tree as
+/// deep as paths allow is listed without exhausting the host's stack, and a
+/// file over the returned-bytes limit is refused.
+#[test]
+fn hostile_attachment_trees_and_sizes_are_bounded() {
+    let mut h = Hostile::new(
+        "fixture_hostile_escape",
+        "{}",
+        "{max_return_bytes: 1MiB}",
+        "",
+        json!({}),
+    );
+    let att = h.rd.path().join("attachments/provision");
+    let mut deep = att.clone();
+    while deep.as_os_str().len() < 4000 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("leaf"), "x").unwrap();
+    std::fs::write(att.join("big.bin"), vec![0u8; 2 << 20]).unwrap();
+    let ops = json!([
+        ["job.attachments", "provision"],
+        ["job.read-attachment", "provision", "big.bin"],
+    ]);
+    h.rd.write(
+        "testflinger.json",
+        &json!({"job_id": "tree", "provision_data": {"ops": ops}}).to_string(),
+    );
+    h.before = h.outside.snapshot();
+    let run = h.run();
+    h.assert_contained(&run);
+    let msg = h.message();
+    let listed = outcome(&msg, "job.attachments");
+    assert!(
+        listed.contains("=> ok: [\"big.bin\", \"d/d/d/d"),
+        "{listed}"
+    );
+    assert!(listed.contains("/leaf\"]"), "{listed}");
+    let big = outcome(&msg, "job.read-attachment");
+    assert!(
+        big.contains("=> limit: ") && big.contains("limits.max_return_bytes"),
+        "{big}"
+    );
 }
