@@ -80,7 +80,8 @@ impl Outside {
 struct Hostile {
     rd: RunDir,
     outside: Outside,
-    before: Snapshot,
+    /// The outside world as the last run found it.
+    before: std::cell::RefCell<Snapshot>,
     lab: PathBuf,
 }
 
@@ -88,15 +89,34 @@ impl Hostile {
     /// Pins `fixture` as provision type `hostile` with `grants` and
     /// `limits` (YAML flow mappings), and writes the device config and job.
     fn new(fixture: &str, grants: &str, limits: &str, config: &str, job: Value) -> Self {
-        let bytes = std::fs::read(labsim::fixtures::path(fixture)).unwrap();
-        Self::with_component(&bytes, grants, limits, config, job)
+        Self::new_in(Outside::new(), fixture, grants, limits, config, job)
     }
 
-    /// Like [`Hostile::new`] for component bytes (written into the run
+    /// Like [`Hostile::new`] with an outside world prepared beforehand
+    /// (its paths appear in the job or the config).
+    fn new_in(
+        outside: Outside,
+        fixture: &str,
+        grants: &str,
+        limits: &str,
+        config: &str,
+        job: Value,
+    ) -> Self {
+        let bytes = std::fs::read(labsim::fixtures::path(fixture)).unwrap();
+        Self::with_component(outside, &bytes, grants, limits, config, job)
+    }
+
+    /// Like [`Hostile::new_in`] for component bytes (written into the run
     /// directory's `lab/` folder).
-    fn with_component(bytes: &[u8], grants: &str, limits: &str, config: &str, job: Value) -> Self {
+    fn with_component(
+        outside: Outside,
+        bytes: &[u8],
+        grants: &str,
+        limits: &str,
+        config: &str,
+        job: Value,
+    ) -> Self {
         let rd = RunDir::new();
-        let outside = Outside::new();
         let wasm = rd.path().join("lab/hostile.wasm");
         std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();
         std::fs::write(&wasm, bytes).unwrap();
@@ -117,11 +137,10 @@ impl Hostile {
             &format!("agent_name: hostile-agent\n{config}"),
         );
         rd.write("testflinger.json", &job.to_string());
-        let before = outside.snapshot();
         Hostile {
             rd,
             outside,
-            before,
+            before: Default::default(),
             lab,
         }
     }
@@ -146,6 +165,7 @@ impl Hostile {
     /// (outputs go to files, so a process left behind holding them cannot
     /// hang the test).
     fn run_within(&self, stage: &str, limit: Duration) -> Run {
+        *self.before.borrow_mut() = self.outside.snapshot();
         let out = self.rd.path().join("cli.stdout");
         let err = self.rd.path().join("cli.stderr");
         let mut child = self
@@ -232,7 +252,7 @@ impl Hostile {
         assert!(self.rd.exists("device-connector-error.json"));
         assert_eq!(
             self.outside.snapshot(),
-            self.before,
+            *self.before.borrow(),
             "files outside the run directory changed"
         );
     }
@@ -274,17 +294,14 @@ fn hostile_wasi_files_sockets_env_and_processes_are_blocked() {
             format!("touch {}", outside.p("exec-ran"))
         ],
     ]);
-    let mut h = Hostile::new(
+    let h = Hostile::new_in(
+        outside,
         "fixture_hostile_escape",
         "{}",
         "{}",
         "",
         json!({"job_id": "wasi", "provision_data": {"ops": ops}}),
     );
-    // The ops name files of this `outside`; check it rather than the one
-    // `Hostile` made.
-    h.outside = outside;
-    h.before = h.outside.snapshot();
     let run = h.run();
     h.assert_contained(&run);
     let msg = h.message();
@@ -370,7 +387,8 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         outside.p("poweroff-ran"),
         control_host.url()
     );
-    let mut h = Hostile::new(
+    let h = Hostile::new_in(
+        outside,
         "fixture_hostile_escape",
         &format!(
             "{{power: [reboot_script, missing_script], http: [job-urls], ssh: [device], urls: ['http://127.0.0.1:{a_port}']}}"
@@ -379,8 +397,6 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         &config,
         job,
     );
-    h.outside = outside;
-    h.before = h.outside.snapshot();
     let run = h.run();
     h.assert_contained(&run);
     let msg = h.message();
@@ -491,7 +507,7 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
 
 #[test]
 fn hostile_path_escapes_in_run_directory_file_names_are_refused() {
-    let mut h = Hostile::new(
+    let h = Hostile::new(
         "fixture_hostile_escape",
         "{}",
         "{stage_timeout: 10}",
@@ -517,7 +533,6 @@ fn hostile_path_escapes_in_run_directory_file_names_are_refused() {
     std::os::unix::fs::symlink(o("dir"), art.join("out")).unwrap();
     std::os::unix::fs::symlink(o("sentinel.txt"), art.join("link")).unwrap();
     std::fs::hard_link(o("dir/sentinel.txt"), art.join("hard")).unwrap();
-    h.before = h.outside.snapshot();
     let abs = o("abs.txt");
     let ops = json!([
         ["job.attachments", "../.."],
@@ -633,6 +648,17 @@ fn hostile_path_escapes_in_run_directory_file_names_are_refused() {
         "hostile"
     );
     assert!(!h.rd.exists("escape.txt") && !root.parent().unwrap().join("escape.txt").exists());
+    // Escape attempts are audited, though they changed nothing.
+    for (operation, target) in [
+        ("job.attachments", "../.."),
+        ("job.read-attachment", "provision/../../default.yaml"),
+        ("job.read-attachment", "provision/link"),
+        ("job.read-attachment", "provision/fifo"),
+        ("job.write-artifact", "../escape.txt"),
+        ("job.write-artifact", "out/x.txt"),
+    ] {
+        h.assert_denial_audited(&run, operation, target);
+    }
     assert!(!run.stdout.contains(SENTINEL.trim()));
 }
 
@@ -930,7 +956,7 @@ fn hostile_components_for_another_wit_major_are_refused() {
     );
     let liar = rewrite(&v1, "wit = \"1.0.0\"", "wit = \"0.1.0\"");
     for (bytes, theirs) in [(&v1, "1.0.0"), (&v0_2, "0.2.0"), (&liar, "1.0.0")] {
-        let h = Hostile::with_component(bytes, "{}", "{}", "", json!({}));
+        let h = Hostile::with_component(Outside::new(), bytes, "{}", "{}", "", json!({}));
         let run = h.run();
         h.assert_contained(&run);
         let msg = h.message();
@@ -1017,15 +1043,14 @@ connector_runtime:
             "secrets": {"API_TOKEN": "S3CRET-JOB-TOKEN-1", "URL": "https://S3CRET-URL-7.example/x"},
         },
     });
-    let mut h = Hostile::new(
+    let h = Hostile::new_in(
+        outside,
         "fixture_hostile_secrets",
         "{ssh: [device, control-host], power: [reboot_script, maas_api_key, bmc_password, connector_runtime, control_host_reboot_script], http: [control-host, job-urls], transfer: [job-urls, attachments], serial: [console]}",
         "{stage_timeout: 30}",
         &config,
         job,
     );
-    h.outside = outside;
-    h.before = h.outside.snapshot();
     h.rd.write("attachments/provision/seed.txt", "attachment text");
     let run = h.run();
     h.assert_contained(&run);
@@ -1092,7 +1117,8 @@ fn hostile_ssh_ungranted_target_and_session_floods_are_stopped() {
         ["ssh.sessions", "device", "10000"],
         ["serial.ports", "console", "1000"],
     ]);
-    let mut h = Hostile::new(
+    let h = Hostile::new_in(
+        outside,
         "fixture_hostile_escape",
         "{ssh: [device], serial: [console]}",
         "{max_ssh_sessions: 32, max_serial_ports: 4, stage_timeout: 20}",
@@ -1104,8 +1130,6 @@ fn hostile_ssh_ungranted_target_and_session_floods_are_stopped() {
         ),
         json!({"job_id": "ssh", "provision_data": {"ops": ops}}),
     );
-    h.outside = outside;
-    h.before = h.outside.snapshot();
     let run = h.run();
     h.assert_contained(&run);
     let msg = h.message();
@@ -1141,15 +1165,14 @@ fn hostile_device_output_flood_hits_the_log_limit() {
         "yes line-of-output | head -n 5000",
         "1000"
     ]]);
-    let mut h = Hostile::new(
+    let h = Hostile::new_in(
+        outside,
         "fixture_hostile_escape",
         "{ssh: [device]}",
         "{max_log_bytes: 256KiB, stage_timeout: 20}",
         &format!("device_ip: {}\n", dut.ip()),
         json!({"job_id": "chatty", "provision_data": {"ops": ops}}),
     );
-    h.outside = outside;
-    h.before = h.outside.snapshot();
     let run = h.run();
     h.assert_contained(&run);
     let msg = h.message();
@@ -1232,7 +1255,8 @@ fn hostile_transfer_and_download_names_cannot_escape() {
         ["ssh.download-artifact", "device", "remote.txt", "out/y.txt"],
         ["ssh.download-artifact", "device", "remote.txt", "link"],
     ]);
-    let mut h = Hostile::new(
+    let h = Hostile::new_in(
+        outside,
         "fixture_hostile_escape",
         &format!(
             "{{ssh: [device], transfer: [job-urls, attachments], urls: ['{}']}}",
@@ -1242,7 +1266,6 @@ fn hostile_transfer_and_download_names_cannot_escape() {
         &format!("device_ip: {}\n", dut.ip()),
         json!({"job_id": "copies", "provision_data": {"ops": ops}}),
     );
-    h.outside = outside;
     let root = h.rd.path().to_path_buf();
     std::fs::create_dir_all(root.join("artifacts")).unwrap();
     std::os::unix::fs::symlink(h.outside.p("dir"), root.join("artifacts/out")).unwrap();
@@ -1253,7 +1276,6 @@ fn hostile_transfer_and_download_names_cannot_escape() {
         root.join("attachments/provision/alink"),
     )
     .unwrap();
-    h.before = h.outside.snapshot();
     let run = h.run();
     h.assert_contained(&run);
     let msg = h.message();
@@ -1352,6 +1374,7 @@ fn hostile_transfer_and_download_names_cannot_escape() {
         symlink,
     );
     assert_eq!(h.rd.read("artifacts/remote.txt"), "from the device\n");
+    h.assert_denial_audited(&run, "ssh.download-artifact", "../escape.txt");
     assert!(other.requests().is_empty(), "{:?}", other.requests());
     assert!(!h.rd.exists("artifacts/redirected.bin") && !h.rd.exists("artifacts/nj.bin"));
     // Only the allowed download reached the device.
@@ -1364,7 +1387,7 @@ fn hostile_transfer_and_download_names_cannot_escape() {
 /// file over the returned-bytes limit is refused.
 #[test]
 fn hostile_attachment_trees_and_sizes_are_bounded() {
-    let mut h = Hostile::new(
+    let h = Hostile::new(
         "fixture_hostile_escape",
         "{}",
         "{max_return_bytes: 1MiB}",
@@ -1387,7 +1410,6 @@ fn hostile_attachment_trees_and_sizes_are_bounded() {
         "testflinger.json",
         &json!({"job_id": "tree", "provision_data": {"ops": ops}}).to_string(),
     );
-    h.before = h.outside.snapshot();
     let run = h.run();
     h.assert_contained(&run);
     let msg = h.message();

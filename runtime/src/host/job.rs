@@ -29,6 +29,25 @@ impl From<ReadError> for HostError {
     }
 }
 
+impl HostState {
+    /// Converts a run-directory error for the guest. A name refused for
+    /// trying to leave its folder (`..`, absolute, symlink, not a regular
+    /// file) is audited like a denial: it changed nothing, but an operator
+    /// wants to know a connector tried.
+    pub(crate) fn path_error(&self, operation: &str, name: &str, e: PathError) -> HostError {
+        if matches!(e, PathError::Refused(..) | PathError::Symlink(_)) {
+            self.cx.gate.audit(
+                operation,
+                name,
+                "denied",
+                std::time::Duration::ZERO,
+                Some(&e.to_string()),
+            );
+        }
+        e.into()
+    }
+}
+
 /// Longest `device_info` value accepted, in bytes of JSON.
 const MAX_DEVICE_INFO_VALUE: usize = 64 * 1024;
 /// Largest `device-info.json` a connector may grow, in bytes: the agent
@@ -62,12 +81,21 @@ impl Host for HostState {
     }
 
     async fn attachments(&mut self, phase: String) -> Result<Vec<String>, HostError> {
-        Ok(self.cx.rundir.list_attachments(&phase)?)
+        self.cx
+            .rundir
+            .list_attachments(&phase)
+            .map_err(|e| self.path_error("job.attachments", &phase, e))
     }
 
     async fn read_attachment(&mut self, phase: String, name: String) -> Result<Vec<u8>, HostError> {
         let max = self.cx.limits.max_return_bytes;
-        Ok(self.cx.rundir.read_attachment(&phase, &name, max)?)
+        match self.cx.rundir.read_attachment(&phase, &name, max) {
+            Ok(data) => Ok(data),
+            Err(ReadError::Path(e)) => {
+                Err(self.path_error("job.read-attachment", &format!("{phase}/{name}"), e))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn set_device_info(&mut self, key: String, value_json: String) -> Result<(), HostError> {
@@ -108,7 +136,10 @@ impl Host for HostState {
                 data.len()
             )));
         }
-        self.cx.rundir.write_artifact(&name, &data)?;
+        self.cx
+            .rundir
+            .write_artifact(&name, &data)
+            .map_err(|e| self.path_error("job.write-artifact", &name, e))?;
         self.artifacts.bytes = total;
         Ok(())
     }

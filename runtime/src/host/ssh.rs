@@ -14,7 +14,6 @@ use super::{HostError, HostState, audited, bool_option, duration_ms, parse_optio
 use crate::bindings::ssh::{ExecResult, Host, HostSession};
 use crate::capability::Capability;
 use crate::context::StageContext;
-use crate::rundir::PathError;
 use crate::ssh::{Connection, SessionSlot};
 
 /// The host side of a `session` resource.
@@ -132,10 +131,7 @@ impl HostSession for HostState {
             .cx
             .rundir
             .artifact_path(&artifact)
-            .map_err(|e| match e {
-                PathError::Io(..) => HostError::io(e.to_string()),
-                _ => HostError::invalid(e.to_string()),
-            })?;
+            .map_err(|e| self.path_error("ssh.download-artifact", &artifact, e))?;
         let timeout = self.ssh_deadline(timeout);
         let cx = self.cx.clone();
         audited(&cx, "ssh.download-artifact", conn.target(), async {
