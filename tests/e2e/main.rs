@@ -2,6 +2,7 @@
 //! simulated lab of `tf-labsim`.
 
 mod cache;
+mod cli;
 mod common;
 mod compat;
 mod fake_connector;
