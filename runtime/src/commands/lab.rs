@@ -343,7 +343,7 @@ pub fn list(lab: Option<&LoadedLab>) -> String {
         {
             Some((
                 e.name.into(),
-                env!("CARGO_PKG_VERSION").into(),
+                e.version.into(),
                 e.digest.into(),
                 "embedded".into(),
             ))
