@@ -562,6 +562,10 @@ pub fn config_need(cap: Capability, name: &str) -> Option<ConfigNeed> {
         (Capability::Ssh, "control-host") => need(&["control_host"], false),
         (Capability::Serial, "console") => need(&["serial_host", "serial_port"], false),
         (Capability::Http, "control-host") => need(&["control_host"], true),
+        (Capability::Http, "maas") => need(
+            &[crate::maas_auth::URL_KEY, crate::maas_auth::API_KEY_KEY],
+            false,
+        ),
         (Capability::Http, "job-urls")
         | (Capability::Transfer, "job-urls")
         | (Capability::Transfer, "attachments") => need(&[], false),

@@ -12,7 +12,9 @@ impl From<HttpError> for HostError {
                 HostError::not_found(e.to_string())
             }
             HttpError::NotAJobUrl(_) => HostError::denied(e.to_string()),
-            HttpError::Invalid(_) => HostError::invalid(e.to_string()),
+            HttpError::Invalid(_)
+            | HttpError::BadConfig { .. }
+            | HttpError::OwnAuthorization(_) => HostError::invalid(e.to_string()),
             HttpError::Timeout { .. } => HostError::timeout(e.to_string()),
             HttpError::Transport { .. } | HttpError::Setup(_) => HostError::io(e.to_string()),
             HttpError::TooBig { .. } => HostError::limit(format!(
@@ -57,6 +59,9 @@ impl Host for HostState {
         parse_options(&opts, &[], "http.call")?;
         self.cx.gate.check(Capability::Http, &endpoint)?;
         let url = self.cx.http.endpoint_url(&endpoint, &req.url)?;
+        // Credentials are added here, on the host: the guest never sees them.
+        let mut req = req;
+        self.cx.http.sign(&endpoint, &mut req.headers)?;
         let cx = self.cx.clone();
         let call = cx.gate.begin("http.call", &url);
         call.end(self.send_http(url.clone(), req).await)
