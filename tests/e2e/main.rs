@@ -4,6 +4,7 @@
 mod cache;
 mod common;
 mod fake_connector;
+mod maas2;
 mod noprovision;
 mod pinning;
 mod reserve;
