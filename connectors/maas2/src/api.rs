@@ -241,13 +241,14 @@ impl Maas {
                     break;
                 }
                 Err(e) => {
+                    let reason = excerpt(&e.message, 200);
                     errors.push(e.message);
                     if attempt == RETRIES {
                         break;
                     }
                     let pause = self.retry_base * 2u32.pow(attempt);
                     warn!(
-                        "MAAS: {what} failed; trying again in {}",
+                        "MAAS: {what} failed ({reason}); trying again in {}",
                         clock::human(pause)
                     );
                     clock::sleep(pause);
