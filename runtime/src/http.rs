@@ -96,8 +96,8 @@ pub struct HttpClient {
     control_host_base: Option<String>,
     /// `maas_url`, checked when first used.
     maas_base: Option<String>,
-    /// `maas_api_key`, parsed when first used (errors name the key, never
-    /// its value).
+    /// `maas_api_key`, parsed with the config; a malformed key is reported
+    /// when the endpoint is first used (naming the key, never its value).
     maas_credentials: Option<Result<MaasCredentials, maas_auth::CredentialsError>>,
 }
 
