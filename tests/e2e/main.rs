@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod compat;
 mod fake_connector;
+mod maas2;
 mod noprovision;
 mod pinning;
 mod reserve;
