@@ -2,10 +2,12 @@
 //! simulated lab of `tf-labsim`.
 
 mod cache;
+mod cli;
 mod common;
 mod compat;
 mod fake_connector;
 mod hostile;
+mod maas2;
 mod noprovision;
 mod pinning;
 mod reserve;

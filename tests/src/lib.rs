@@ -9,6 +9,7 @@
 
 pub mod dut;
 pub mod keyserver;
+pub mod maas;
 pub mod serial;
 pub mod tls;
 pub mod web;
