@@ -7,7 +7,9 @@
 //! runtime, so it works the same from synchronous tests (which run the CLI
 //! as a child process) and from async code; dropping the handle stops it.
 
+pub mod card;
 pub mod dut;
+pub mod image;
 pub mod keyserver;
 pub mod serial;
 pub mod tls;
