@@ -97,7 +97,11 @@ impl Image {
     pub fn ubuntu(version: &str, codename: &str) -> Self {
         Image::new()
             .file("system-boot", "config.txt", "[all]\nkernel=vmlinuz\n")
-            .file("system-boot", "cmdline.txt", "console=serial0,115200 root=LABEL=writable\n")
+            .file(
+                "system-boot",
+                "cmdline.txt",
+                "console=serial0,115200 root=LABEL=writable\n",
+            )
             .os_release(&ubuntu_os_release(version, codename))
             .hostname("ubuntu")
             .dir("writable", "etc/cloud/cloud.cfg.d/")
@@ -373,9 +377,11 @@ mod tests {
 
     #[test]
     fn round_trips_through_bytes_zstd_and_directories() {
-        let image = Image::ubuntu("24.04.1", "noble")
-            .hostname("pi4-lab")
-            .file("ubuntu-seed", "snaps/pc.snap", "x");
+        let image = Image::ubuntu("24.04.1", "noble").hostname("pi4-lab").file(
+            "ubuntu-seed",
+            "snaps/pc.snap",
+            "x",
+        );
         let raw = image.to_bytes(1000);
         assert!(raw.starts_with(MAGIC));
         assert_eq!(Image::parse(&raw).unwrap(), image);
@@ -419,7 +425,10 @@ mod tests {
 
     #[test]
     fn garbage_and_unsafe_paths_are_refused() {
-        assert!(matches!(Image::parse(b"\0\0\0\0"), Err(ImageError::NoMagic)));
+        assert!(matches!(
+            Image::parse(b"\0\0\0\0"),
+            Err(ImageError::NoMagic)
+        ));
         assert!(matches!(
             Image::parse(b"LABSIM-IMAGE 1\n{nope\n"),
             Err(ImageError::BadHeader(_))

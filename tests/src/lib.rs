@@ -8,6 +8,7 @@
 //! as a child process) and from async code; dropping the handle stops it.
 
 pub mod card;
+pub mod client;
 pub mod dut;
 pub mod image;
 pub mod keyserver;

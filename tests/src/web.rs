@@ -384,7 +384,9 @@ fn requested_range(request: &Request, len: usize) -> Result<Option<(usize, usize
         let end = if b.is_empty() {
             len.saturating_sub(1)
         } else {
-            b.parse::<usize>().map_err(|_| ())?.min(len.saturating_sub(1))
+            b.parse::<usize>()
+                .map_err(|_| ())?
+                .min(len.saturating_sub(1))
         };
         (start, end)
     };
@@ -704,7 +706,10 @@ mod tests {
         assert!(out.contains("content-range: bytes 2-4/10"), "{out}");
         assert!(out.ends_with("\r\n\r\n234"), "{out}");
         let out = get_with(server.addr(), "/slow", "Range: bytes=7-");
-        assert!(out.starts_with("HTTP/1.1 206") && out.ends_with("789"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 206") && out.ends_with("789"),
+            "{out}"
+        );
         let out = get_with(server.addr(), "/img", "Range: bytes=-2");
         assert!(out.ends_with("89"), "{out}");
         let out = get_with(server.addr(), "/img", "Range: bytes=20-");
@@ -733,7 +738,10 @@ mod tests {
         tx.send(Bytes::from_static(b"data: two\n\n")).unwrap();
         drop(tx);
         let out = reader.join().unwrap();
-        assert!(out.contains("data: one\n\n") && out.contains("data: two"), "{out}");
+        assert!(
+            out.contains("data: one\n\n") && out.contains("data: two"),
+            "{out}"
+        );
 
         server.set_refusing(true);
         assert!(server.wait_refusing(true, Duration::from_secs(5)));

@@ -253,6 +253,9 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
     });
     let args: Vec<&str> = req.args.iter().map(String::as_str).collect();
     let _ = &req.cwd;
+    if matches!(req.name.as_str(), "hdparm" | "lsblk" | "stm" | "muxctl") {
+        shared.refresh_dev_nodes();
+    }
     match req.name.as_str() {
         "reboot" => power(shared, &mut io, "reboot"),
         "poweroff" | "halt" => power(shared, &mut io, "off"),
@@ -418,7 +421,10 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
                 .and_then(|im| im.partitions.get(p))
                 .map(|p| p.label.clone())
         });
-        let parts = disk.image.as_ref().map_or(1, |im| im.partitions.len().max(1)) as u64;
+        let parts = disk
+            .image
+            .as_ref()
+            .map_or(1, |im| im.partitions.len().max(1)) as u64;
         let size = match part {
             Some(_) => disk.size / parts,
             None => disk.size,
@@ -467,7 +473,10 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     for (i, part) in selected {
         let disk = &disks[i];
         match part {
-            Some(p) => tree.push((row(&partition_name(&disk.name, p + 1), disk, Some(p)), vec![])),
+            Some(p) => tree.push((
+                row(&partition_name(&disk.name, p + 1), disk, Some(p)),
+                vec![],
+            )),
             None => {
                 let children = if nodeps {
                     vec![]
@@ -507,8 +516,8 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
                 Value::Object(obj)
             })
             .collect();
-        let text = serde_json::to_string_pretty(&json!({ "blockdevices": devices }))
-            .unwrap_or_default();
+        let text =
+            serde_json::to_string_pretty(&json!({ "blockdevices": devices })).unwrap_or_default();
         io.out(&format!("{text}\n"));
         return 0;
     }
@@ -516,7 +525,11 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     };
     let mut lines = Vec::new();
@@ -524,9 +537,18 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
         lines.push(cols.join(" "));
     }
     for (r, children) in &tree {
-        lines.push(cols.iter().map(|c| cell(&r[&c.to_lowercase()])).collect::<Vec<_>>().join(" "));
+        lines.push(
+            cols.iter()
+                .map(|c| cell(&r[&c.to_lowercase()]))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         for (k, child) in children.iter().enumerate() {
-            let branch = if k + 1 == children.len() { "└─" } else { "├─" };
+            let branch = if k + 1 == children.len() {
+                "└─"
+            } else {
+                "├─"
+            };
             let cells: Vec<String> = cols
                 .iter()
                 .enumerate()
@@ -586,7 +608,10 @@ fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     }
     let (src, dir) = (pos[0], PathBuf::from(pos[1]));
     if !dir.starts_with(&shared.root) {
-        io.err(&format!("mount: {}: permission denied (outside the simulated device)\n", view(pos[1])));
+        io.err(&format!(
+            "mount: {}: permission denied (outside the simulated device)\n",
+            view(pos[1])
+        ));
         return 32;
     }
     let disks = shared.disks();
@@ -599,7 +624,10 @@ fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
         return 32;
     };
     if !dir.is_dir() {
-        io.err(&format!("mount: {}: mount point does not exist.\n", view(pos[1])));
+        io.err(&format!(
+            "mount: {}: mount point does not exist.\n",
+            view(pos[1])
+        ));
         return 32;
     }
     let source = partition_name(&disks[di].name, pi + 1);
@@ -686,7 +714,11 @@ fn hdparm(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
 
 /// zstd frames are decompressed; anything else is passed through.
 fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let files: Vec<&str> = args.iter().copied().filter(|a| !a.starts_with('-')).collect();
+    let files: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mut status = 0;
     let run = |input: &mut dyn Read, out: &mut File, err: &mut File, name: &str| {
         let mut head = [0u8; 4];
@@ -749,7 +781,10 @@ impl Default for Efi {
             order: vec!["0000".into(), "0001".into(), "0002".into()],
             entries: vec![
                 ("0000".into(), "ubuntu".into()),
-                ("0001".into(), "UEFI: PXE IPv4 Intel(R) Ethernet Connection".into()),
+                (
+                    "0001".into(),
+                    "UEFI: PXE IPv4 Intel(R) Ethernet Connection".into(),
+                ),
                 ("0002".into(), "UEFI: USB Flash Disk".into()),
             ],
         }
@@ -830,15 +865,22 @@ fn snap(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
             0
         }
         Some("list") => {
-            let mut text = String::from("Name    Version  Rev    Tracking       Publisher   Notes\n");
+            let mut text =
+                String::from("Name    Version  Rev    Tracking       Publisher   Notes\n");
             for (name, version) in snaps.iter() {
-                text.push_str(&format!("{name:<7} {version:<8} 1      latest/stable  canonical✓  -\n"));
+                text.push_str(&format!(
+                    "{name:<7} {version:<8} 1      latest/stable  canonical✓  -\n"
+                ));
             }
             io.out(&text);
             0
         }
         Some("install") | Some("refresh") => {
-            let names: Vec<&str> = args[1..].iter().copied().filter(|a| !a.starts_with('-')).collect();
+            let names: Vec<&str> = args[1..]
+                .iter()
+                .copied()
+                .filter(|a| !a.starts_with('-'))
+                .collect();
             for name in names {
                 if !snaps.iter().any(|(n, _)| n == name) {
                     snaps.push((name.to_string(), "1.0".into()));
@@ -855,7 +897,10 @@ fn snap(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
             0
         }
         other => {
-            io.err(&format!("error: unknown command \"{}\", see 'snap help'.\n", other.unwrap_or("")));
+            io.err(&format!(
+                "error: unknown command \"{}\", see 'snap help'.\n",
+                other.unwrap_or("")
+            ));
             1
         }
     }
@@ -890,9 +935,15 @@ impl Default for Firmware {
 
 fn fwupdmgr(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     let mut fw = lock(&shared.firmware);
-    let words: Vec<&str> = args.iter().copied().filter(|a| !a.starts_with('-')).collect();
+    let words: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     if args.contains(&"--version") {
-        io.out("runtime   org.freedesktop.fwupd  1.9.16\ncompile   org.freedesktop.fwupd  1.9.16\n");
+        io.out(
+            "runtime   org.freedesktop.fwupd  1.9.16\ncompile   org.freedesktop.fwupd  1.9.16\n",
+        );
         return 0;
     }
     let release = |v: &str, current: &str| {
@@ -908,12 +959,19 @@ fn fwupdmgr(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
             0
         }
         Some("get-devices") => {
-            let releases: Vec<Value> = fw.releases.iter().map(|v| release(v, &fw.version)).collect();
+            let releases: Vec<Value> = fw
+                .releases
+                .iter()
+                .map(|v| release(v, &fw.version))
+                .collect();
             let doc = json!({"Devices": [{
                 "Name": fw.name, "DeviceId": fw.device_id, "Version": fw.version,
                 "Flags": ["internal", "updatable", "registered"], "Releases": releases,
             }]});
-            io.out(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default()));
+            io.out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            ));
             0
         }
         Some("upgrade") | Some("update") | Some("install") => {
@@ -937,7 +995,10 @@ fn fwupdmgr(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
             let releases: Vec<Value> = vec![json!({"Version": fw.version})];
             let doc = json!({"Name": fw.name, "DeviceId": fw.device_id, "Version": fw.version,
                 "UpdateState": fw.update_state, "Releases": releases});
-            io.out(&format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default()));
+            io.out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            ));
             0
         }
         other => {
@@ -975,6 +1036,7 @@ fn stm(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
         return 1;
     };
     card.switch(side);
+    shared.refresh_dev_nodes();
     0
 }
 
@@ -988,7 +1050,10 @@ fn muxctl(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
         }
     };
     let Some(card) = card_for(shared, Some(media)) else {
-        io.err(&format!("muxctl: no {} attached to this host\n", media.mux_word()));
+        io.err(&format!(
+            "muxctl: no {} attached to this host\n",
+            media.mux_word()
+        ));
         return 1;
     };
     match &args[1..] {

@@ -440,6 +440,8 @@ struct Shared {
     firmware: Mutex<Firmware>,
     snaps: Mutex<Vec<(String, String)>>,
     snap_model: String,
+    /// Partition nodes (`/dev/sda2`) made for present disks.
+    dev_nodes: Mutex<Vec<PathBuf>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -492,9 +494,9 @@ impl Shared {
             Some(card) if card.side() != MuxSide::Dut => {
                 Err("No bootable media found (the card is switched to the control host)".into())
             }
-            Some(card) => card
-                .image()
-                .map_err(|e| format!("Kernel panic - not syncing: VFS: Unable to mount root fs ({e})")),
+            Some(card) => card.image().map_err(|e| {
+                format!("Kernel panic - not syncing: VFS: Unable to mount root fs ({e})")
+            }),
         }
     }
 
@@ -663,6 +665,36 @@ impl Shared {
             ),
         }
         out
+    }
+
+    /// Makes `/dev/<partition>` nodes for the partitions of the disks
+    /// present now (links to `/dev/null`: they are for globs and `test`),
+    /// and removes those of disks that went away.
+    fn refresh_dev_nodes(&self) {
+        let mut wanted = Vec::new();
+        for d in self.disks() {
+            if d.card.is_none() {
+                continue;
+            }
+            let n = d.image.as_ref().map_or(0, |im| im.partitions.len());
+            for i in 1..=n {
+                wanted.push(
+                    self.root
+                        .join("dev")
+                        .join(fakes::partition_name(&d.name, i)),
+                );
+            }
+        }
+        let mut nodes = lock(&self.dev_nodes);
+        for old in nodes.iter().filter(|p| !wanted.contains(p)) {
+            let _ = std::fs::remove_file(old);
+        }
+        for new in &wanted {
+            if std::fs::symlink_metadata(new).is_err() {
+                let _ = std::os::unix::fs::symlink("/dev/null", new);
+            }
+        }
+        *nodes = wanted;
     }
 
     /// Writes an unmounted directory back into its disk's image.
@@ -898,7 +930,9 @@ impl Dut {
         let root = scratch.path().join("root");
         let home = root.join("home").join(&b.user);
         std::fs::create_dir_all(home.join(".ssh"))?;
-        for dir in ["etc", "dev", "mnt", "media", "tmp", "var/tmp", "boot", "opt", "srv"] {
+        for dir in [
+            "etc", "dev", "mnt", "media", "tmp", "var/tmp", "boot", "opt", "srv",
+        ] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         let bin = scratch.path().join("bin");
@@ -965,6 +999,7 @@ impl Dut {
                 ("snapd".into(), "2.66.1".into()),
             ]),
             snap_model: b.snap_model.clone(),
+            dev_nodes: Mutex::new(Vec::new()),
         });
         if up {
             // Up from the start: the boot media's image is installed.
@@ -1707,6 +1742,7 @@ async fn run_process(
     path.push(":");
     path.push(system_path);
     let command = rewrite::rewrite(command, &shared.root);
+    shared.refresh_dev_nodes();
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&command)
@@ -1942,6 +1978,273 @@ mod tests {
             .output()
             .unwrap();
         assert!(!out.status.success());
+    }
+
+    use crate::card::{Card, Media, MuxSide};
+    use crate::client::{self, Auth};
+
+    const T: Duration = Duration::from_secs(20);
+
+    /// Runs `command` as ubuntu with the agent key of `home`.
+    fn run(dut: &Dut, home: &Path, command: &str, stdin: &[u8]) -> client::Output {
+        let key = home.join(".ssh/id_ed25519");
+        client::exec(dut.addr(), "ubuntu", Auth::Key(&key), command, stdin, T).unwrap()
+    }
+
+    fn ok(dut: &Dut, home: &Path, command: &str) -> String {
+        let out = run(dut, home, command, b"");
+        assert_eq!(out.status, Some(0), "{command}: {}", out.stderr_text());
+        out.stdout_text()
+    }
+
+    #[test]
+    fn commands_see_the_device_root_its_image_and_the_fakes() {
+        let dut = Dut::builder("127.0.0.2").name("pi4-a").start().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        dut.configure_client(home.path()).unwrap();
+        assert!(ok(&dut, home.path(), "cat /etc/os-release").contains("Ubuntu 24.04.1 LTS"));
+        assert_eq!(ok(&dut, home.path(), "hostname"), "pi4-a\n");
+        assert_eq!(ok(&dut, home.path(), "cat /etc/hostname"), "pi4-a\n");
+        ok(
+            &dut,
+            home.path(),
+            "echo hi > /tmp/note && sudo mkdir -p /mnt/x",
+        );
+        assert_eq!(
+            std::fs::read_to_string(dut.path("/tmp/note")).unwrap(),
+            "hi\n"
+        );
+        let lsblk: serde_json::Value =
+            serde_json::from_str(&ok(&dut, home.path(), "lsblk -J -o NAME,LABEL")).unwrap();
+        assert_eq!(lsblk["blockdevices"][0]["name"], "mmcblk0");
+        assert_eq!(lsblk["blockdevices"][0]["children"][1]["name"], "mmcblk0p2");
+        assert_eq!(lsblk["blockdevices"][0]["children"][1]["label"], "writable");
+        let efi = ok(&dut, home.path(), "sudo efibootmgr -o 0002,0000");
+        assert!(efi.contains("BootOrder: 0002,0000"), "{efi}");
+        assert_eq!(dut.efi().order, ["0002", "0000"]);
+        assert!(ok(&dut, home.path(), "snap model").contains("ubuntu-core-24-pi-arm64"));
+        let bad = run(&dut, home.path(), "efibootmgr -o 0009", b"");
+        assert_eq!(bad.status, Some(1));
+        // Firmware: an upgrade applies at the next boot.
+        let devices: serde_json::Value =
+            serde_json::from_str(&ok(&dut, home.path(), "sudo fwupdmgr get-devices --json"))
+                .unwrap();
+        let id = devices["Devices"][0]["DeviceId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ok(
+            &dut,
+            home.path(),
+            &format!("sudo fwupdmgr upgrade {id} -y --no-reboot-check"),
+        );
+        assert_eq!(dut.firmware().version, "1.0.0");
+        let _ = run(&dut, home.path(), "sudo reboot", b"");
+        assert!(dut.wait_state(PowerState::Booting, T));
+        assert!(dut.wait_state(PowerState::Up, T));
+        assert_eq!(dut.firmware().version, "1.1.0");
+        let results: serde_json::Value = serde_json::from_str(&ok(
+            &dut,
+            home.path(),
+            &format!("sudo fwupdmgr get-results {id} --json"),
+        ))
+        .unwrap();
+        assert_eq!(results["UpdateState"], 2);
+
+        let history = dut.history();
+        let wrote = history.iter().position(
+            |e| matches!(e, Event::Wrote { path, size } if path == "/tmp/note" && *size == 3),
+        );
+        let exec = history
+            .iter()
+            .position(|e| matches!(e, Event::Exec(r) if r.command.starts_with("echo hi")));
+        assert!(exec.unwrap() < wrote.unwrap(), "{history:?}");
+        assert!(dut.power_events().contains(&"reboot (command)".to_string()));
+        let calls: Vec<String> = dut.fake_calls().into_iter().map(|c| c.name).collect();
+        assert!(calls.contains(&"lsblk".to_string()) && calls.contains(&"reboot".to_string()));
+    }
+
+    #[test]
+    fn a_control_host_flashes_the_card_that_the_dut_then_boots() {
+        let dir = tempfile::tempdir().unwrap();
+        let card = Card::new(&dir.path().join("sd.img"), "sda", Media::Sd).unwrap();
+        let ch = Dut::builder("127.0.0.3")
+            .name("ctl")
+            .attach_card(card.clone())
+            .start()
+            .unwrap();
+        let dut = Dut::builder("127.0.0.4")
+            .name("dut")
+            .boot_card(card.clone(), "mmcblk0")
+            .with_serial()
+            .boot_time(Duration::from_millis(200))
+            .reboot_down_for(Duration::from_millis(200))
+            .powered_off()
+            .start()
+            .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        ch.configure_client(home.path()).unwrap();
+        dut.configure_client(home.path()).unwrap();
+        let h = home.path();
+
+        // Not switched yet: no /dev/sda on the control host.
+        assert_eq!(
+            run(&ch, h, "lsblk -o NAME,LABEL -J /dev/sda", b"").status,
+            Some(32)
+        );
+        ok(&ch, h, "stm -ts");
+        assert_eq!(card.side(), MuxSide::ControlHost);
+        let image = crate::image::Image::ubuntu("22.04.5", "jammy")
+            .hostname("flashed")
+            .file(
+                "writable",
+                ".disk/info",
+                "iot-pi-jammy-classic-server-2404\n",
+            );
+        let compressed = image.compressed(3 << 20);
+        let out = run(&ch, h, "zstdcat | sudo dd of=/dev/sda bs=16M", &compressed);
+        assert_eq!(out.status, Some(0), "{}", out.stderr_text());
+        assert_eq!(card.bytes().unwrap(), image.to_bytes(3 << 20));
+        ok(&ch, h, "sync");
+        assert!(ok(&ch, h, "sudo hdparm -z /dev/sda").contains("re-reading partition table"));
+        let lsblk: serde_json::Value =
+            serde_json::from_str(&ok(&ch, h, "lsblk -o NAME,LABEL -J /dev/sda")).unwrap();
+        let labels: Vec<(String, String)> = lsblk["blockdevices"][0]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().into(),
+                    c["label"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("sda1".to_string(), "system-boot".to_string()),
+                ("sda2".into(), "writable".into())
+            ]
+        );
+        ok(
+            &ch,
+            h,
+            "sudo mkdir -p /mnt/agent/writable && sudo mount /dev/sda2 /mnt/agent/writable",
+        );
+        assert_eq!(
+            ok(
+                &ch,
+                h,
+                "grep -oP 'iot-\\w+-\\w+-classic-(server|desktop)-\\d+' /mnt/agent/writable/.disk/info"
+            ),
+            "iot-pi-jammy-classic-server-2404\n"
+        );
+        assert!(
+            run(&ch, h, "ls /mnt/agent/writable/lib/firmware/*-tegra*/", b"").status != Some(0)
+        );
+        ok(
+            &ch,
+            h,
+            "test -d /mnt/agent/writable/etc && echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /tmp/sudoers",
+        );
+        ok(
+            &ch,
+            h,
+            "sudo mkdir -p /mnt/agent/writable/etc/sudoers.d && sudo cp /tmp/sudoers /mnt/agent/writable/etc/sudoers.d/ubuntu",
+        );
+        ok(&ch, h, "sudo umount /dev/sda*; true");
+        assert!(
+            ch.fake_calls()
+                .iter()
+                .any(|c| c.name == "umount" && c.args == ["/dev/sda", "/dev/sda1", "/dev/sda2"]),
+            "{:?}",
+            ch.fake_calls()
+        );
+        assert!(
+            ch.files_written()
+                .contains(&"/mnt/agent/writable/etc/sudoers.d/ubuntu".to_string())
+        );
+        assert!(ch.files_written().contains(&"/dev/sda".to_string()));
+        ok(&ch, h, "stm -dut");
+        let flashed = card.image().unwrap();
+        assert_eq!(
+            flashed.partitions[1].files["etc/sudoers.d/ubuntu"],
+            "ubuntu ALL=(ALL) NOPASSWD:ALL\n"
+        );
+
+        // The DUT boots what is on the card.
+        let serial = dut.serial().unwrap();
+        let mut console = std::net::TcpStream::connect(serial.addr()).unwrap();
+        assert!(serial.wait_accepted(1, T));
+        dut.power_on();
+        assert!(dut.wait_state(PowerState::Up, T));
+        assert_eq!(ok(&dut, h, "hostname"), "flashed\n");
+        assert!(ok(&dut, h, "cat /etc/os-release").contains("Ubuntu 22.04.5 LTS"));
+        let log = read_for(&mut console, b"flashed login: ");
+        assert!(log.contains("Ubuntu 22.04.5 LTS flashed ttyS0"), "{log}");
+
+        // Switched away, the card is not bootable: the DUT never comes back.
+        card.switch(MuxSide::ControlHost);
+        dut.handle().power_cycle();
+        assert!(!dut.wait_state(PowerState::Up, Duration::from_millis(800)));
+        let log = read_for(&mut console, b"No bootable media");
+        assert!(log.contains("No bootable media found"), "{log}");
+    }
+
+    fn read_for(s: &mut std::net::TcpStream, needle: &[u8]) -> String {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + T;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.windows(needle.len()).any(|w| w == needle) && Instant::now() < deadline {
+            if let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn boot_and_power_faults() {
+        let dut = Dut::builder("127.0.0.5")
+            .boot_time(Duration::from_millis(50))
+            .reboot_down_for(Duration::from_millis(50))
+            .start()
+            .unwrap();
+        dut.set_boot_fault(BootFault::Never);
+        dut.reboot(Duration::from_millis(10));
+        assert!(!dut.wait_state(PowerState::Up, Duration::from_millis(500)));
+        dut.set_boot_fault(BootFault::Slow(Duration::from_millis(300)));
+        let started = Instant::now();
+        dut.reboot(Duration::from_millis(10));
+        assert!(dut.wait_state(PowerState::Up, T));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dut.write_power_scripts(dir.path()).unwrap();
+        dut.set_power_fault(PowerFault::Fail);
+        let out = std::process::Command::new(&scripts.reboot)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(dut.state(), PowerState::Up);
+        dut.set_power_fault(PowerFault::Hang);
+        let mut child = std::process::Command::new(&scripts.reboot)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let hung = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(hung);
+        assert_eq!(dut.state(), PowerState::Up);
     }
 
     #[test]

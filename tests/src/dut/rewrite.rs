@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(r("curl http://h/etc/x"), "curl http://h/etc/x");
         assert_eq!(r("cat /scratch/root/etc/x"), "cat /scratch/root/etc/x");
         assert_eq!(r("test -e /mnt"), "test -e /scratch/root/mnt");
-        assert_eq!(r("ls /mnt/a/lib/*-tegra*/"), "ls /scratch/root/mnt/a/lib/*-tegra*/");
+        assert_eq!(
+            r("ls /mnt/a/lib/*-tegra*/"),
+            "ls /scratch/root/mnt/a/lib/*-tegra*/"
+        );
         assert_eq!(r("écho /var/x"), "écho /scratch/root/var/x");
         assert_eq!(
             device_path(root, Path::new("/scratch/root/etc/hostname")),
