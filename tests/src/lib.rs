@@ -9,10 +9,12 @@
 
 pub mod card;
 pub mod client;
+pub mod control_host;
 pub mod dut;
 pub mod image;
 pub mod keyserver;
 pub mod serial;
+pub mod tfserver;
 pub mod tls;
 pub mod web;
 
