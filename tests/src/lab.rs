@@ -878,7 +878,8 @@ impl Lab {
             ));
         }
         if let Some((web, table)) = &self.images {
-            for name in lock(table).keys() {
+            let names: Vec<String> = lock(table).keys().cloned().collect();
+            for name in &names {
                 out.push_str(&format!(
                     "  image  {name:<14} {}\n",
                     self.image_url(name).unwrap_or_else(|| web.url())
