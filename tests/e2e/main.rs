@@ -4,6 +4,8 @@
 mod cache;
 mod common;
 mod fake_connector;
+mod lab;
+mod labsim;
 mod noprovision;
 mod pinning;
 mod reserve;
