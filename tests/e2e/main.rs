@@ -7,6 +7,7 @@ mod fake_connector;
 mod lab;
 mod labsim;
 mod noprovision;
+mod openssh;
 mod pinning;
 mod reserve;
 mod runtest;
