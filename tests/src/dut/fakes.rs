@@ -532,34 +532,45 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
             .join(","),
         other => other.to_string(),
     };
-    let mut lines = Vec::new();
+    // Rows of cells, then columns padded to their widest cell.
+    let mut rows: Vec<Vec<String>> = Vec::new();
     if headings {
-        lines.push(cols.join(" "));
+        rows.push(cols.clone());
     }
     for (r, children) in &tree {
-        lines.push(
-            cols.iter()
-                .map(|c| cell(&r[&c.to_lowercase()]))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        rows.push(cols.iter().map(|c| cell(&r[&c.to_lowercase()])).collect());
         for (k, child) in children.iter().enumerate() {
             let branch = if k + 1 == children.len() {
                 "└─"
             } else {
                 "├─"
             };
-            let cells: Vec<String> = cols
-                .iter()
-                .enumerate()
-                .map(|(ci, c)| {
-                    let v = cell(&child[&c.to_lowercase()]);
-                    if ci == 0 { format!("{branch}{v}") } else { v }
-                })
-                .collect();
-            lines.push(cells.join(" "));
+            rows.push(
+                cols.iter()
+                    .enumerate()
+                    .map(|(ci, c)| {
+                        let v = cell(&child[&c.to_lowercase()]);
+                        if ci == 0 { format!("{branch}{v}") } else { v }
+                    })
+                    .collect(),
+            );
         }
     }
+    let widths: Vec<usize> = (0..cols.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_end()
+                .to_string()
+        })
+        .collect();
     io.out(&(lines.join("\n") + "\n"));
     0
 }
