@@ -102,7 +102,7 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 fn secs(n: f64) -> Result<Duration, String> {
-    if n.is_finite() && n >= 0.0 && n < 1e9 {
+    if (0.0..1e9).contains(&n) {
         Ok(Duration::from_secs_f64(n))
     } else {
         Err(format!("{n} is not a duration in seconds"))
