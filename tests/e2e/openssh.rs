@@ -130,8 +130,8 @@ fn the_cli_works_against_debian_openssh() {
         ),
     )
     .unwrap();
-    let keys = KeyServer::start(Keys::default().launchpad("alice", keyserver::ALICE_ED25519))
-        .unwrap();
+    let keys =
+        KeyServer::start(Keys::default().launchpad("alice", keyserver::ALICE_ED25519)).unwrap();
     let ca = labsim::tls::write_ca(rd.path()).unwrap();
     rd.write(
         "default.yaml",
@@ -161,14 +161,18 @@ fn the_cli_works_against_debian_openssh() {
     let run = rd.stage("noprovision", "reserve");
     assert_eq!(run.code, 0, "sshd log:\n{}", log());
     assert!(
-        run.stderr
-            .contains(&format!("Installed the keys of lp:alice for {user} on the device")),
+        run.stderr.contains(&format!(
+            "Installed the keys of lp:alice for {user} on the device"
+        )),
         "{}",
         run.stderr
     );
     let authorized = std::fs::read_to_string(remote_home.join(".ssh/authorized_keys")).unwrap();
     assert!(
-        authorized.contains(&format!("{} # ssh-import-id lp:alice", keyserver::ALICE_ED25519)),
+        authorized.contains(&format!(
+            "{} # ssh-import-id lp:alice",
+            keyserver::ALICE_ED25519
+        )),
         "{authorized}"
     );
     assert!(authorized.starts_with(&agent.public_line), "{authorized}");

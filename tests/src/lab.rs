@@ -344,6 +344,59 @@ pub struct QueueSpec {
     pub behaviour: Option<String>,
 }
 
+impl LabSpec {
+    /// An empty lab (add devices with [`LabSpec::device`]).
+    pub fn new() -> Self {
+        LabSpec::default()
+    }
+
+    /// Adds a device.
+    pub fn device(mut self, device: DeviceSpec) -> Self {
+        self.devices.push(device);
+        self
+    }
+
+    /// Adds a control host.
+    pub fn control_host(mut self, host: ControlHostSpec) -> Self {
+        self.control_hosts.push(host);
+        self
+    }
+
+    /// Adds an image to the image server.
+    pub fn image(mut self, name: &str, image: ImageSpec) -> Self {
+        self.images.insert(name.to_string(), image);
+        self
+    }
+
+    /// Starts the lab in a temporary directory.
+    pub fn start(self) -> anyhow::Result<Lab> {
+        let temp = tempfile::tempdir()?;
+        let mut lab = Lab::start_spec(self, temp.path())?;
+        lab._temp = Some(temp);
+        Ok(lab)
+    }
+}
+
+impl DeviceSpec {
+    /// A device with defaults for everything but its name.
+    pub fn named(name: &str) -> Self {
+        DeviceSpec {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+impl ControlHostSpec {
+    /// A control host with defaults for everything but its name.
+    pub fn named(name: &str) -> Self {
+        ControlHostSpec {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A running simulated device of the lab.
 pub struct LabDevice {
     pub spec: DeviceSpec,
@@ -1139,6 +1192,34 @@ testflinger_server:
         assert!(url.ends_with("/noble.img.zst"), "{url}");
         assert!(lab.testflinger_server().is_some());
         assert!(lab.summary().contains("device pi4"));
+    }
+
+    #[test]
+    fn labs_can_be_built_in_code() {
+        let lab = LabSpec::new()
+            .device(DeviceSpec {
+                control_host: Some("ctl".into()),
+                powered_off: true,
+                ..DeviceSpec::named("coded")
+            })
+            .control_host(ControlHostSpec {
+                rest_port: Some(0),
+                ..ControlHostSpec::named("ctl")
+            })
+            .image(
+                "jammy",
+                ImageSpec {
+                    version: "22.04.5".into(),
+                    codename: "jammy".into(),
+                    ..Default::default()
+                },
+            )
+            .start()
+            .unwrap();
+        assert_eq!(lab.dut("coded").state(), crate::dut::PowerState::Off);
+        assert_eq!(lab.control_host("ctl").ssh().cards().len(), 1);
+        assert!(lab.image_url("jammy").is_some());
+        assert!(lab.config_path("coded").exists());
     }
 
     #[test]
