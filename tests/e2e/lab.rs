@@ -1,7 +1,6 @@
 //! The CLI against labs described in YAML (`labsim::lab`): the generated
 //! `default.yaml` and agent SSH setup are all a stage needs.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use labsim::dut::PowerState;
@@ -156,7 +155,7 @@ devices:
 "#,
     )
     .unwrap();
-    let job = r#"{"job_id": "lab-2", "test_data": {"test_cmds": ["sleep 0.5", "$REBOOT_SCRIPT", "sleep 1.2", "ssh -F $HOME/.ssh/config -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes $DEVICE_IP hostname || true"]}}"#;
+    let job = r#"{"job_id": "lab-2", "test_data": {"test_cmds": ["sleep 0.5", "$REBOOT_SCRIPT", "sleep 1.5", "ssh -F $HOME/.ssh/config -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes $DEVICE_IP hostname || true"]}}"#;
     let (rd, run) = stage(&lab, "np-serial", "noprovision", "runtest", job);
     assert_eq!(run.code, 0);
     let log = rd.read("test-serial.log");
@@ -164,5 +163,4 @@ devices:
     assert!(log.contains("Ubuntu 24.04.2 LTS serial-box ttyS0"), "{log}");
     assert!(log.ends_with("serial-box login: "), "{log}");
     assert_eq!(lab.dut("np-serial").power_events(), ["reboot"]);
-    let _ = Path::new("");
 }

@@ -251,8 +251,25 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
         name: req.name.clone(),
         args: req.args.iter().map(|a| a.replace(&root, "")).collect(),
     });
-    let args: Vec<&str> = req.args.iter().map(String::as_str).collect();
-    let _ = &req.cwd;
+    // Relative paths are the caller's: make them absolute.
+    let absolute: Vec<String> = req
+        .args
+        .iter()
+        .map(|a| {
+            if a.starts_with('-')
+                || a.starts_with('/')
+                || !matches!(
+                    req.name.as_str(),
+                    "mount" | "umount" | "zstdcat" | "lsblk" | "hdparm"
+                )
+            {
+                a.clone()
+            } else {
+                req.cwd.join(a).to_string_lossy().into_owned()
+            }
+        })
+        .collect();
+    let args: Vec<&str> = absolute.iter().map(String::as_str).collect();
     if matches!(req.name.as_str(), "hdparm" | "lsblk" | "stm" | "muxctl") {
         shared.refresh_dev_nodes();
     }
@@ -276,8 +293,11 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
         "snap" => snap(shared, &mut io, &args),
         "fwupdmgr" => fwupdmgr(shared, &mut io, &args),
         "hostname" => {
-            let name = shared.hostname();
-            io.out(&format!("{name}\n"));
+            if args.contains(&"-I") || args.contains(&"-i") {
+                io.out(&format!("{}\n", shared.addr.ip()));
+            } else {
+                io.out(&format!("{}\n", shared.hostname()));
+            }
             0
         }
         "stm" => stm(shared, &mut io, &args),
