@@ -251,25 +251,8 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
         name: req.name.clone(),
         args: req.args.iter().map(|a| a.replace(&root, "")).collect(),
     });
-    // Relative paths are the caller's: make them absolute.
-    let absolute: Vec<String> = req
-        .args
-        .iter()
-        .map(|a| {
-            if a.starts_with('-')
-                || a.starts_with('/')
-                || !matches!(
-                    req.name.as_str(),
-                    "mount" | "umount" | "zstdcat" | "lsblk" | "hdparm"
-                )
-            {
-                a.clone()
-            } else {
-                req.cwd.join(a).to_string_lossy().into_owned()
-            }
-        })
-        .collect();
-    let args: Vec<&str> = absolute.iter().map(String::as_str).collect();
+    let args: Vec<&str> = req.args.iter().map(String::as_str).collect();
+    let cwd = req.cwd.as_path();
     if matches!(req.name.as_str(), "hdparm" | "lsblk" | "stm" | "muxctl") {
         shared.refresh_dev_nodes();
     }
@@ -285,10 +268,10 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
             power(shared, &mut io, action)
         }
         "lsblk" => lsblk(shared, &mut io, &args),
-        "mount" => mount(shared, &mut io, &args),
-        "umount" => umount(shared, &mut io, &args),
+        "mount" => mount(shared, &mut io, &args, cwd),
+        "umount" => umount(shared, &mut io, &args, cwd),
         "hdparm" => hdparm(shared, &mut io, &args),
-        "zstdcat" => zstdcat(shared, &mut io, &args),
+        "zstdcat" => zstdcat(shared, &mut io, &args, cwd),
         "efibootmgr" => efibootmgr(shared, &mut io, &args),
         "snap" => snap(shared, &mut io, &args),
         "fwupdmgr" => fwupdmgr(shared, &mut io, &args),
@@ -607,21 +590,32 @@ pub(super) struct MountEntry {
     pub dir: PathBuf,
 }
 
-fn positional<'a>(args: &[&'a str], with_value: &[&str]) -> Vec<&'a str> {
+/// The operands of a command line (options and their values skipped),
+/// relative ones made absolute in the caller's directory `cwd`.
+fn positional(args: &[&str], with_value: &[&str], cwd: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if with_value.contains(a) {
             it.next();
         } else if !a.starts_with('-') {
-            out.push(*a);
+            out.push(absolute(a, cwd));
         }
     }
     out
 }
 
-fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let pos = positional(args, &["-o", "-t", "-L", "-U", "--options", "--types"]);
+fn absolute(path: &str, cwd: &Path) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        cwd.join(path).to_string_lossy().into_owned()
+    }
+}
+
+fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str], cwd: &Path) -> i32 {
+    let pos = positional(args, &["-o", "-t", "-L", "-U", "--options", "--types"], cwd);
+    let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
     let view = |p: &str| p.replace(shared.root.to_string_lossy().as_ref(), "");
     if pos.is_empty() {
         for m in lock(&shared.mounts).iter() {
@@ -688,8 +682,9 @@ fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     0
 }
 
-fn umount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let pos = positional(args, &["-t", "-O"]);
+fn umount(shared: &Arc<Shared>, io: &mut Io, args: &[&str], cwd: &Path) -> i32 {
+    let pos = positional(args, &["-t", "-O"], cwd);
+    let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
     let view = |p: &str| p.replace(shared.root.to_string_lossy().as_ref(), "");
     if pos.is_empty() {
         io.err("umount: bad usage\n");
@@ -744,11 +739,11 @@ fn hdparm(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
 }
 
 /// zstd frames are decompressed; anything else is passed through.
-fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let files: Vec<&str> = args
+fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str], cwd: &Path) -> i32 {
+    let files: Vec<String> = args
         .iter()
-        .copied()
         .filter(|a| !a.starts_with('-'))
+        .map(|a| absolute(a, cwd))
         .collect();
     let mut status = 0;
     let run = |input: &mut dyn Read, out: &mut File, err: &mut File, name: &str| {
@@ -781,7 +776,7 @@ fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     } else {
         for f in files {
             let shown = f.replace(shared.root.to_string_lossy().as_ref(), "");
-            match File::open(f) {
+            match File::open(&f) {
                 Ok(mut file) => {
                     status |= run(&mut file, &mut io.stdout, &mut io.stderr, &shown);
                 }
