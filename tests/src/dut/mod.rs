@@ -2009,6 +2009,8 @@ mod tests {
             std::fs::read_to_string(dut.path("/tmp/note")).unwrap(),
             "hi\n"
         );
+        // Relative paths are the caller's; plain data passes zstdcat.
+        assert_eq!(ok(&dut, home.path(), "cd /tmp && zstdcat note"), "hi\n");
         let lsblk: serde_json::Value =
             serde_json::from_str(&ok(&dut, home.path(), "lsblk -J -o NAME,LABEL")).unwrap();
         assert_eq!(lsblk["blockdevices"][0]["name"], "mmcblk0");
