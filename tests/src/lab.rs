@@ -1194,6 +1194,71 @@ testflinger_server:
         assert!(lab.summary().contains("device pi4"));
     }
 
+    fn get(url: &str, header: &str) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let rest = url.trim_start_matches("http://");
+        let (addr, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    }
+
+    fn body(response: &[u8]) -> &[u8] {
+        let at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        &response[at + 4..]
+    }
+
+    #[test]
+    fn the_image_server_serves_ranges_and_faults() {
+        let lab = Lab::start(
+            "images: {noble: {version: 24.04.1, codename: noble, padding: 100000}, raw: {compressed: false}}",
+        )
+        .unwrap();
+        let url = lab.image_url("noble").unwrap();
+        let full = get(&url, "");
+        let image = zstd::decode_all(body(&full)).unwrap();
+        assert_eq!(
+            Image::parse(&image).unwrap().pretty_name().unwrap(),
+            "Ubuntu 24.04.1 LTS"
+        );
+        let part = get(&url, "Range: bytes=0-3\r\n");
+        assert!(part.starts_with(b"HTTP/1.1 206"));
+        assert_eq!(body(&part), [0x28, 0xb5, 0x2f, 0xfd]);
+        assert!(lab.image_url("raw").unwrap().ends_with("/raw.img"));
+        lab.set_image_fault(
+            "noble",
+            Some(ImageFaultSpec {
+                slow: None,
+                chunk: None,
+                truncate: Some(10),
+            }),
+        );
+        assert_eq!(body(&get(&url, "")).len(), 10);
+        lab.set_image_fault(
+            "noble",
+            Some(ImageFaultSpec {
+                slow: Some(Dur(Duration::from_millis(1))),
+                chunk: Some(4096),
+                truncate: None,
+            }),
+        );
+        assert_eq!(body(&get(&url, "")), body(&full));
+        assert!(
+            get(
+                &format!("{}/nope.img", lab.image_server().unwrap().url()),
+                ""
+            )
+            .starts_with(b"HTTP/1.1 404")
+        );
+    }
+
     #[test]
     fn labs_can_be_built_in_code() {
         let lab = LabSpec::new()
