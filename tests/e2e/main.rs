@@ -2,10 +2,13 @@
 //! simulated lab of `tf-labsim`.
 
 mod cache;
+mod cli;
 mod common;
+mod compat;
 mod fake_connector;
 mod lab;
 mod labsim;
+mod maas2;
 mod noprovision;
 mod openssh;
 mod pinning;

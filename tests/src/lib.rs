@@ -14,6 +14,7 @@ pub mod dut;
 pub mod image;
 pub mod keyserver;
 pub mod lab;
+pub mod maas;
 pub mod serial;
 pub mod tfserver;
 pub mod tls;
