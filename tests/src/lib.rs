@@ -7,10 +7,16 @@
 //! runtime, so it works the same from synchronous tests (which run the CLI
 //! as a child process) and from async code; dropping the handle stops it.
 
+pub mod card;
+pub mod client;
+pub mod control_host;
 pub mod dut;
+pub mod image;
 pub mod keyserver;
+pub mod lab;
 pub mod maas;
 pub mod serial;
+pub mod tfserver;
 pub mod tls;
 pub mod web;
 

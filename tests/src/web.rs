@@ -1,6 +1,11 @@
 //! A small HTTP/1.1 server for tests: every request is recorded and
 //! answered by a handler closure, with faults (slow bodies, truncated
-//! bodies, hangs) available as reply kinds.
+//! bodies, hangs) available as reply kinds, streamed replies (Server-Sent
+//! Events) and byte ranges: a `Range: bytes=a-b` request for a 200 reply
+//! gets `206 Partial Content` with that slice (or `416` when it is
+//! outside the body), for full, slow and truncated replies alike. The
+//! listening port can be closed and reopened ([`WebServer::set_refusing`]),
+//! as a host that powers off.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,6 +70,35 @@ pub enum Reply {
     Truncated { body: Bytes, send: usize },
     /// Never answers (until the server stops).
     Hang,
+    /// A body streamed as the sender side pushes chunks; it ends when the
+    /// sender is dropped (Server-Sent Events, logs).
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: StreamSource,
+    },
+}
+
+/// The receiving end of a streamed reply body.
+#[derive(Clone)]
+pub struct StreamSource(Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>>>);
+
+impl std::fmt::Debug for StreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamSource")
+    }
+}
+
+impl StreamSource {
+    /// A source and the sender that feeds it.
+    pub fn channel() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, StreamSource) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, StreamSource(Arc::new(Mutex::new(Some(rx)))))
+    }
+
+    fn take(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl Reply {
@@ -122,6 +156,7 @@ pub struct WebServer {
     addr: SocketAddr,
     tls: bool,
     requests: Arc<Mutex<Vec<Request>>>,
+    refuse: tokio::sync::watch::Sender<bool>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -161,6 +196,7 @@ impl WebServer {
         let (stop_tx, stop_rx) = oneshot::channel();
         let recorded = requests.clone();
         let with_tls = tls.is_some();
+        let (refuse_tx, refuse_rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::Builder::new()
             .name(format!("labsim-web-{addr}"))
             .spawn(move || {
@@ -168,15 +204,50 @@ impl WebServer {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(serve(std_listener, handler, recorded, stop_rx, tls));
+                rt.block_on(serve(
+                    std_listener,
+                    addr,
+                    handler,
+                    recorded,
+                    stop_rx,
+                    refuse_rx,
+                    tls,
+                ));
+                rt.shutdown_timeout(Duration::from_secs(1));
             })?;
         Ok(WebServer {
             addr,
             tls: with_tls,
             requests,
+            refuse: refuse_tx,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// Closes the listening port and every open connection (`true`:
+    /// clients get "connection refused", like a host that is down), or
+    /// listens again on the same port (`false`). Takes effect shortly
+    /// after the call; [`WebServer::wait_refusing`] waits for it.
+    pub fn set_refusing(&self, refuse: bool) {
+        self.refuse.send_replace(refuse);
+    }
+
+    /// Waits (bounded) until connecting gives the answer `refusing` asks
+    /// for; returns whether it did.
+    pub fn wait_refusing(&self, refusing: bool, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let refused = matches!(std::net::TcpStream::connect(self.addr),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+            if refused == refusing {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The bound address.
@@ -207,19 +278,51 @@ impl Drop for WebServer {
     }
 }
 
+async fn accept_opt(
+    l: &Option<tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve(
     listener: std::net::TcpListener,
+    addr: SocketAddr,
     handler: Handler,
     recorded: Arc<Mutex<Vec<Request>>>,
     mut stop: oneshot::Receiver<()>,
+    mut refuse: tokio::sync::watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
 ) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let mut listener = tokio::net::TcpListener::from_std(listener).ok();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            accepted = listener.accept() => {
+            changed = refuse.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let refusing = *refuse.borrow_and_update();
+                if refusing {
+                    listener = None;
+                    tasks.abort_all();
+                } else if listener.is_none() {
+                    // The port was ours; take it back (bounded retries).
+                    for _ in 0..100 {
+                        match bind_reuse(addr) {
+                            Ok(l) => {
+                                listener = Some(l);
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                }
+            }
+            accepted = accept_opt(&listener) => {
                 let Ok((stream, _)) = accepted else { continue };
                 let handler = handler.clone();
                 let recorded = recorded.clone();
@@ -240,6 +343,57 @@ async fn serve(
         }
     }
     tasks.abort_all();
+}
+
+fn bind_reuse(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+/// The byte range a `Range` header asks of a body of `len` bytes:
+/// `Ok(None)` for no (or an unsupported) range, `Err(())` when it cannot
+/// be satisfied.
+fn requested_range(request: &Request, len: usize) -> Result<Option<(usize, usize)>, ()> {
+    let Some(spec) = request
+        .header("range")
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Multipart ranges: answer with the whole body, as servers may.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        // Suffix: the last `b` bytes.
+        let n: usize = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (len.saturating_sub(n), len.saturating_sub(1))
+    } else {
+        let start: usize = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<usize>()
+                .map_err(|_| ())?
+                .min(len.saturating_sub(1))
+        };
+        (start, end)
+    };
+    if len == 0 || start >= len || end < start {
+        return Err(());
+    }
+    Ok(Some((start, end)))
 }
 
 async fn serve_connection<S>(stream: S, handler: Handler, recorded: Arc<Mutex<Vec<Request>>>)
@@ -292,6 +446,26 @@ async fn answer(
     recorded.lock().unwrap().push(request.clone());
     let reply = handler(&request);
     let mut builder = hyper::Response::builder();
+    // Byte ranges of 200 replies (image downloads resuming).
+    let ranged = |builder: hyper::http::response::Builder, body: Bytes| match requested_range(
+        &request,
+        body.len(),
+    ) {
+        Ok(None) => (builder.header("accept-ranges", "bytes"), Some(body)),
+        Ok(Some((start, end))) => (
+            builder.status(206).header(
+                "content-range",
+                format!("bytes {start}-{end}/{}", body.len()),
+            ),
+            Some(body.slice(start..=end)),
+        ),
+        Err(()) => (
+            builder
+                .status(416)
+                .header("content-range", format!("bytes */{}", body.len())),
+            None,
+        ),
+    };
     let body = match reply {
         Reply::Full {
             status,
@@ -302,19 +476,40 @@ async fn answer(
             for (k, v) in headers {
                 builder = builder.header(k, v);
             }
-            ReplyBody::full(body)
+            if status == 200 && request.method == "GET" {
+                let (b, body) = ranged(builder, body);
+                builder = b;
+                ReplyBody::full(body.unwrap_or_default())
+            } else {
+                ReplyBody::full(body)
+            }
         }
         Reply::Slow { body, chunk, delay } => {
-            builder = builder.header("content-length", body.len());
+            let (b, body) = ranged(builder, body);
+            let body = body.unwrap_or_default();
+            builder = b.header("content-length", body.len());
             ReplyBody::slow(body, chunk.max(1), delay)
         }
         Reply::Truncated { body, send } => {
-            builder = builder.header("content-length", body.len());
+            let (b, body) = ranged(builder, body);
+            let body = body.unwrap_or_default();
+            builder = b.header("content-length", body.len());
             ReplyBody::truncated(body.slice(..send.min(body.len())))
         }
         Reply::Hang => {
             std::future::pending::<()>().await;
             unreachable!()
+        }
+        Reply::Stream {
+            status,
+            headers,
+            body,
+        } => {
+            builder = builder.status(status);
+            for (k, v) in headers {
+                builder = builder.header(k, v);
+            }
+            ReplyBody::stream(body.take())
         }
     };
     builder.body(body).expect("valid response")
@@ -337,13 +532,15 @@ pub fn raw_get(addr: &str, path: &str) -> String {
     out
 }
 
-/// Response body with optional pacing and truncation.
+/// Response body with optional pacing and truncation, or streamed.
 pub struct ReplyBody {
     remaining: Bytes,
     chunk: usize,
     delay: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     fail_at_end: bool,
+    stream: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
+    streaming: bool,
 }
 
 impl ReplyBody {
@@ -355,6 +552,20 @@ impl ReplyBody {
             delay: Duration::ZERO,
             sleep: None,
             fail_at_end: false,
+            stream: None,
+            streaming: false,
+        }
+    }
+
+    fn stream(rx: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>) -> Self {
+        ReplyBody {
+            remaining: Bytes::new(),
+            chunk: 1,
+            delay: Duration::ZERO,
+            sleep: None,
+            fail_at_end: false,
+            stream: rx,
+            streaming: true,
         }
     }
 
@@ -365,6 +576,8 @@ impl ReplyBody {
             delay,
             sleep: None,
             fail_at_end: false,
+            stream: None,
+            streaming: false,
         }
     }
 
@@ -376,6 +589,8 @@ impl ReplyBody {
             delay: Duration::ZERO,
             sleep: None,
             fail_at_end: true,
+            stream: None,
+            streaming: false,
         }
     }
 }
@@ -388,6 +603,19 @@ impl Body for ReplyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.streaming {
+            let Some(rx) = self.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            return match rx.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(None) => {
+                    self.stream = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         if self.remaining.is_empty() {
             if self.fail_at_end {
                 // Let what was sent reach the client before the abort.
@@ -420,7 +648,7 @@ impl Body for ReplyBody {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        if self.fail_at_end {
+        if self.fail_at_end || self.streaming {
             // The Content-Length header announces more than will come.
             hyper::body::SizeHint::default()
         } else {
@@ -454,6 +682,80 @@ mod tests {
         assert_eq!(reqs.len(), 2);
         assert_eq!(reqs[0].path, "/hello?x=1");
         assert_eq!(reqs[0].header("HOST"), Some("x"));
+    }
+
+    fn get_with(addr: SocketAddr, path: &str, header: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn ranges_are_served_from_every_body_kind() {
+        let server = WebServer::start("127.0.0.1", |r| match r.path_only() {
+            "/slow" => Reply::Slow {
+                body: Bytes::from_static(b"0123456789"),
+                chunk: 3,
+                delay: Duration::from_millis(1),
+            },
+            _ => Reply::text("0123456789"),
+        })
+        .unwrap();
+        let out = get_with(server.addr(), "/img", "Range: bytes=2-4");
+        assert!(out.starts_with("HTTP/1.1 206"), "{out}");
+        assert!(out.contains("content-range: bytes 2-4/10"), "{out}");
+        assert!(out.ends_with("\r\n\r\n234"), "{out}");
+        let out = get_with(server.addr(), "/slow", "Range: bytes=7-");
+        assert!(
+            out.starts_with("HTTP/1.1 206") && out.ends_with("789"),
+            "{out}"
+        );
+        let out = get_with(server.addr(), "/img", "Range: bytes=-2");
+        assert!(out.ends_with("89"), "{out}");
+        let out = get_with(server.addr(), "/img", "Range: bytes=20-");
+        assert!(out.starts_with("HTTP/1.1 416"), "{out}");
+        assert!(out.contains("content-range: bytes */10"), "{out}");
+        let out = get_with(server.addr(), "/img", "X-No-Range: 1");
+        assert!(out.contains("accept-ranges: bytes") && out.ends_with("0123456789"));
+    }
+
+    #[test]
+    fn streams_and_refuses() {
+        let (tx, source) = StreamSource::channel();
+        let source = Mutex::new(Some(source));
+        let server = WebServer::start("127.0.0.1", move |_| match source.lock().unwrap().take() {
+            Some(body) => Reply::Stream {
+                status: 200,
+                headers: vec![("content-type".into(), "text/event-stream".into())],
+                body,
+            },
+            None => Reply::status(404),
+        })
+        .unwrap();
+        let addr = server.addr();
+        let reader = std::thread::spawn(move || get(addr, "/events"));
+        tx.send(Bytes::from_static(b"data: one\n\n")).unwrap();
+        tx.send(Bytes::from_static(b"data: two\n\n")).unwrap();
+        drop(tx);
+        let out = reader.join().unwrap();
+        assert!(
+            out.contains("data: one\n\n") && out.contains("data: two"),
+            "{out}"
+        );
+
+        server.set_refusing(true);
+        assert!(server.wait_refusing(true, Duration::from_secs(5)));
+        server.set_refusing(false);
+        assert!(server.wait_refusing(false, Duration::from_secs(5)));
+        assert!(get(addr, "/again").starts_with("HTTP/1.1 404"));
     }
 
     #[test]

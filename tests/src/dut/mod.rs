@@ -1,7 +1,7 @@
-//! A simulated device under test (DUT): an SSH server on a loopback
-//! address that runs commands for real in a scratch home, with a power
-//! state machine, fault injection and a power controller that other
-//! processes (the CLI's `reboot_script`) can drive.
+//! A simulated device under test (DUT), or control host: an SSH server on
+//! a loopback address that runs commands for real in a scratch root, with
+//! a power state machine, an installed image, fault injection and a power
+//! controller that other processes (the CLI's `reboot_script`) can drive.
 //!
 //! ```no_run
 //! use labsim::dut::{Dut, Rule};
@@ -22,16 +22,35 @@
 //! Only an `Up` device listens: while `Off` or `Booting` the port is
 //! closed and connections are refused; going down also cuts every open
 //! connection and kills every running command, as a power cut does.
-//! Faults ([`Fault`]) change how an `Up` device treats new connections.
+//! Faults ([`Fault`]) change how an `Up` device treats new connections;
+//! [`BootFault`] makes boots slow or never finish, [`PowerFault`] makes the
+//! power controller fail or hang.
+//!
+//! # Installed image
+//!
+//! A device boots an [`Image`]: its built-in one ([`DutBuilder::image`],
+//! Ubuntu 24.04 by default), or, when it has a boot card
+//! ([`DutBuilder::boot_card`]), the image on that card, read when the boot
+//! starts, if the card's mux points at the device (otherwise, or with a
+//! card that holds no image, the boot never finishes: "no bootable
+//! media"). Once up, the image's `etc/os-release` and `etc/hostname` are
+//! the device's `/etc/os-release` and `/etc/hostname`, and its serial
+//! console ([`DutBuilder::with_serial`]) printed a boot log ending in
+//! `<hostname> login: `.
 //!
 //! # Commands
 //!
 //! Every exec request is recorded ([`Dut::commands`]). It is answered by
 //! the first matching [`Rule`], or else run with `/bin/sh -c` in the
-//! device's home (a scratch directory; `HOME` points there), with the
-//! channel's data as its standard input. Files written by commands (for
-//! example `~/.ssh/authorized_keys`) really land in [`Dut::home`].
-//! Interactive shells and subsystems (sftp) are refused.
+//! device's home, with the channel's data as its standard input.
+//! Absolute paths into the device's system directories are rewritten into
+//! its scratch root ([`Dut::root`]; see [`rewrite`]), and small fakes of
+//! `sudo`, `reboot`, `mount`, `lsblk`, `zstdcat`, `efibootmgr`, `snap`,
+//! `fwupdmgr`, the mux commands ... come first on the `PATH` (see
+//! [`fakes`]). Files written by commands (for example
+//! `~/.ssh/authorized_keys`, or `/dev/sda` through `dd`) really land in the
+//! root; [`Dut::history`] lists commands and the files they wrote, in
+//! order. Interactive shells and subsystems (sftp) are refused.
 //!
 //! Input is passed on with backpressure: while a command does not read its
 //! standard input, the connection stops reading too. A command that writes
@@ -51,6 +70,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub mod fakes;
+pub mod rewrite;
+
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use regex::Regex;
@@ -59,6 +81,11 @@ use russh::server::{self, Auth, Msg, PublicKeyOffer, VerifiedPublicKey};
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
+
+use crate::card::{Card, MuxSide};
+use crate::image::Image;
+use crate::serial::SerialServer;
+pub use fakes::{Efi, Firmware};
 
 /// Power state of a simulated device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +109,49 @@ pub enum Fault {
     /// like a wedged sshd or a firewall that swallows packets after the
     /// handshake.
     Hang,
+}
+
+/// How boots go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFault {
+    /// Boots take the configured time.
+    None,
+    /// Every boot takes this much longer.
+    Slow(Duration),
+    /// Boots never finish (the device never comes back).
+    Never,
+}
+
+/// How the power controller behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerFault {
+    /// Commands work.
+    None,
+    /// Every command is refused: power scripts exit non-zero.
+    Fail,
+    /// Commands are never answered: power scripts hang.
+    Hang,
+}
+
+/// Something that happened on the device, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An exec request.
+    Exec(ExecRecord),
+    /// A command (or a `dd` to a block device) wrote this file (device
+    /// path, size after the write). Seen when the command ended.
+    Wrote { path: String, size: u64 },
+    /// A command removed this file.
+    Removed { path: String },
+}
+
+/// One call of a simulator-answered fake program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeCall {
+    /// `lsblk`, `mount`, `stm` ...
+    pub name: String,
+    /// Its arguments, with paths as the device sees them.
+    pub args: Vec<String>,
 }
 
 /// One exec request the device received.
@@ -206,11 +276,20 @@ pub struct PowerScripts {
 #[derive(Debug, Clone)]
 pub struct DutBuilder {
     ip: String,
+    name: String,
     user: String,
     password: String,
     boot_time: Duration,
     reboot_down_for: Duration,
     initial: PowerState,
+    image: Image,
+    boot_card: Option<Card>,
+    boot_device: String,
+    cards: Vec<Card>,
+    serial: bool,
+    boot_fault: BootFault,
+    power_fault: PowerFault,
+    snap_model: String,
 }
 
 impl DutBuilder {
@@ -245,6 +324,59 @@ impl DutBuilder {
         self
     }
 
+    /// The device's name (logs, host name of the default image).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self.image = self.image.hostname(name);
+        self
+    }
+
+    /// The built-in image, booted when there is no boot card.
+    pub fn image(mut self, image: Image) -> Self {
+        self.image = image;
+        self
+    }
+
+    /// Boots from `card` (when its mux points at the device), seen by the
+    /// device as `/dev/<device>` (e.g. `mmcblk0`).
+    pub fn boot_card(mut self, card: Card, device: &str) -> Self {
+        self.boot_card = Some(card);
+        self.boot_device = device.trim_start_matches("/dev/").to_string();
+        self
+    }
+
+    /// Attaches `card` as a block device (for a control host: the card is
+    /// `/dev/<its block device>` while its mux points here).
+    pub fn attach_card(mut self, card: Card) -> Self {
+        self.cards.push(card);
+        self
+    }
+
+    /// Starts a ser2net-style console on the same IP that prints a boot
+    /// log at every boot.
+    pub fn with_serial(mut self) -> Self {
+        self.serial = true;
+        self
+    }
+
+    /// Slow or failing boots.
+    pub fn boot_fault(mut self, fault: BootFault) -> Self {
+        self.boot_fault = fault;
+        self
+    }
+
+    /// A failing or hanging power controller.
+    pub fn power_fault(mut self, fault: PowerFault) -> Self {
+        self.power_fault = fault;
+        self
+    }
+
+    /// What `snap model` reports.
+    pub fn snap_model(mut self, model: &str) -> Self {
+        self.snap_model = model.to_string();
+        self
+    }
+
     /// Starts the device.
     pub fn start(self) -> anyhow::Result<Dut> {
         Dut::start_with(self)
@@ -255,10 +387,20 @@ struct Machine {
     power: PowerState,
     fault: Fault,
     up_at: Option<Instant>,
+    boot_fault: BootFault,
+    power_fault: PowerFault,
+    /// What the current boot brings up.
+    booting: Option<Image>,
+    /// Bumped at every power change: stale boot logs stop.
+    generation: u64,
 }
 
 struct Shared {
     addr: SocketAddr,
+    name: String,
+    root: PathBuf,
+    calls: PathBuf,
+    bin: PathBuf,
     home: PathBuf,
     user: String,
     password: String,
@@ -280,6 +422,24 @@ struct Shared {
     /// Whether the SSH port is bound right now: the device only counts as
     /// up for observers once it can really be connected to.
     listening: std::sync::atomic::AtomicBool,
+    /// Told whether the device listens, at every change.
+    watchers: Mutex<Vec<std::sync::mpsc::Sender<bool>>>,
+    builtin: Mutex<Image>,
+    installed: Mutex<Option<Image>>,
+    boot_card: Option<Card>,
+    boot_device: String,
+    cards: Mutex<Vec<Card>>,
+    serial: Option<Arc<SerialServer>>,
+    history: Mutex<Vec<Event>>,
+    files: Mutex<std::collections::BTreeMap<PathBuf, rewrite::Stamp>>,
+    fake_calls: Mutex<Vec<FakeCall>>,
+    mounts: Mutex<Vec<fakes::MountEntry>>,
+    efi: Mutex<Efi>,
+    firmware: Mutex<Firmware>,
+    snaps: Mutex<Vec<(String, String)>>,
+    snap_model: String,
+    /// Partition nodes (`/dev/sda2`) made for present disks.
+    dev_nodes: Mutex<Vec<PathBuf>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -300,29 +460,132 @@ impl Shared {
         }
     }
 
-    fn set(&self, power: PowerState, up_in: Option<Duration>) {
+    fn power_off(self: &Arc<Self>) {
         {
             let mut m = lock(&self.machine);
-            m.power = power;
-            m.up_at = up_in.map(|d| Instant::now() + d);
+            m.power = PowerState::Off;
+            m.up_at = None;
+            m.booting = None;
+            m.generation += 1;
         }
         self.wake.notify_one();
-    }
-
-    fn power_off(&self) {
-        self.set(PowerState::Off, None);
         self.kill_all();
     }
 
-    fn reboot(&self, down_for: Duration) {
-        self.set(PowerState::Booting, Some(down_for));
+    fn reboot(self: &Arc<Self>, down_for: Duration) {
+        self.begin_boot(down_for);
         self.kill_all();
     }
 
-    fn power_on(&self) {
+    fn power_on(self: &Arc<Self>) {
         let off = lock(&self.machine).power == PowerState::Off;
         if off {
-            self.set(PowerState::Booting, Some(self.boot_time));
+            self.begin_boot(self.boot_time);
+        }
+    }
+
+    /// What a boot starting now finds: the card's image when the device
+    /// boots from a card, else the built-in image.
+    fn boot_media(&self) -> Result<Image, String> {
+        match &self.boot_card {
+            None => Ok(lock(&self.builtin).clone()),
+            Some(card) if card.side() != MuxSide::Dut => {
+                Err("No bootable media found (the card is switched to the control host)".into())
+            }
+            Some(card) => card.image().map_err(|e| {
+                format!("Kernel panic - not syncing: VFS: Unable to mount root fs ({e})")
+            }),
+        }
+    }
+
+    /// Starts a boot that takes `duration` (plus a slow-boot fault).
+    fn begin_boot(self: &Arc<Self>, duration: Duration) {
+        let media = self.boot_media();
+        let generation = {
+            let mut m = lock(&self.machine);
+            let up_in = match (&media, m.boot_fault) {
+                (Err(_), _) | (_, BootFault::Never) => None,
+                (Ok(_), BootFault::Slow(extra)) => Some(duration + extra),
+                (Ok(_), BootFault::None) => Some(duration),
+            };
+            m.power = PowerState::Booting;
+            m.up_at = up_in.map(|d| Instant::now() + d);
+            m.booting = media.as_ref().ok().cloned();
+            m.generation += 1;
+            // A pending firmware update applies at this boot.
+            let mut fw = lock(&self.firmware);
+            if let Some(v) = fw.pending.take() {
+                fw.version = v;
+                fw.update_state = 2;
+            }
+            (m.generation, up_in)
+        };
+        self.wake.notify_one();
+        if let Some(serial) = &self.serial {
+            let serial = serial.clone();
+            let shared = self.clone();
+            let (generation, up_in) = generation;
+            std::thread::spawn(move || {
+                shared.boot_log(&serial, generation, up_in.unwrap_or(duration), media)
+            });
+        }
+    }
+
+    /// Prints a boot log on the serial console, spread over the boot, and
+    /// stops early if the power changes again.
+    fn boot_log(
+        &self,
+        serial: &SerialServer,
+        generation: u64,
+        total: Duration,
+        media: Result<Image, String>,
+    ) {
+        let current = || lock(&self.machine).generation == generation;
+        let mut lines = vec![
+            "".to_string(),
+            "U-Boot 2024.01-labsim (Ubuntu 2024.01+dfsg-1ubuntu5)".to_string(),
+            "DRAM:  3.9 GiB".to_string(),
+            format!("Hit any key to stop autoboot:  0 ({})", self.name),
+        ];
+        let mut prompt = None;
+        match &media {
+            Err(reason) => lines.push(reason.clone()),
+            Ok(image) => {
+                let pretty = image.pretty_name().unwrap_or_else(|| "Linux".into());
+                let host = image.hostname_text().unwrap_or_else(|| self.name.clone());
+                let labels: Vec<&str> = image.partitions.iter().map(|p| p.label.as_str()).collect();
+                lines.extend([
+                    "Starting kernel ...".to_string(),
+                    "[    0.000000] Booting Linux on physical CPU 0x0000000000 [0x410fd083]".to_string(),
+                    "[    0.000000] Linux version 6.8.0-1010-labsim (buildd@labsim) #11-Ubuntu SMP PREEMPT_DYNAMIC".to_string(),
+                    format!("[    1.204811] EXT4-fs ({}): mounted filesystem (partitions: {})", self.boot_device, labels.join(", ")),
+                    format!("[    2.871044] systemd[1]: Detected architecture arm64. Hello from {pretty}!"),
+                    format!("[    3.112233] systemd[1]: Hostname set to <{host}>."),
+                    "[  OK  ] Started ssh.service - OpenBSD Secure Shell server.".to_string(),
+                    "[  OK  ] Reached target multi-user.target - Multi-User System.".to_string(),
+                    "".to_string(),
+                    format!("{pretty} {host} ttyS0"),
+                    "".to_string(),
+                ]);
+                prompt = Some(format!("{host} login: "));
+            }
+        }
+        let steps = lines.len() + usize::from(prompt.is_some());
+        let started = Instant::now();
+        for (i, line) in lines.iter().enumerate() {
+            let at = total.mul_f64(i as f64 / steps as f64);
+            std::thread::sleep(at.saturating_sub(started.elapsed()));
+            if !current() {
+                return;
+            }
+            serial.push(format!("{line}\r\n"));
+        }
+        if let Some(prompt) = prompt {
+            // The prompt shows once the device is up.
+            std::thread::sleep(total.saturating_sub(started.elapsed()));
+            if current() {
+                serial.push(prompt);
+            }
         }
     }
 
@@ -331,8 +594,161 @@ impl Shared {
         if m.power == PowerState::Booting && m.up_at.is_some_and(|t| t <= Instant::now()) {
             m.power = PowerState::Up;
             m.up_at = None;
+            if let Some(image) = m.booting.take() {
+                self.install(image);
+            }
         }
         m.power
+    }
+
+    /// The image that came up is now the device's: its identity files are
+    /// the device's.
+    fn install(&self, image: Image) {
+        let etc = self.root.join("etc");
+        let _ = std::fs::create_dir_all(&etc);
+        if let Some(text) = image.os_release_text() {
+            let _ = std::fs::write(etc.join("os-release"), text);
+        }
+        let host = image.hostname_text().unwrap_or_else(|| self.name.clone());
+        let _ = std::fs::write(etc.join("hostname"), format!("{host}\n"));
+        self.settle_files(&etc);
+        *lock(&self.installed) = Some(image);
+    }
+
+    /// The host name of the installed image.
+    fn hostname(&self) -> String {
+        lock(&self.installed)
+            .as_ref()
+            .and_then(Image::hostname_text)
+            .unwrap_or_else(|| self.name.clone())
+    }
+
+    /// The disks the device sees now.
+    fn disks(&self) -> Vec<fakes::Disk> {
+        let mut out = Vec::new();
+        for card in lock(&self.cards).iter() {
+            if card.side() == MuxSide::ControlHost {
+                out.push(fakes::Disk {
+                    name: card.block_device().to_string(),
+                    card: Some(card.clone()),
+                    image: card.image().ok(),
+                    size: std::fs::metadata(card.path()).map_or(0, |m| m.len()),
+                });
+            }
+        }
+        match &self.boot_card {
+            Some(card) if card.side() == MuxSide::Dut => out.insert(
+                0,
+                fakes::Disk {
+                    name: self.boot_device.clone(),
+                    card: Some(card.clone()),
+                    image: card.image().ok(),
+                    size: std::fs::metadata(card.path()).map_or(0, |m| m.len()),
+                },
+            ),
+            Some(_) => {}
+            None => out.insert(
+                0,
+                fakes::Disk {
+                    name: self.boot_device.clone(),
+                    card: None,
+                    image: Some(
+                        lock(&self.installed)
+                            .clone()
+                            .unwrap_or_else(|| lock(&self.builtin).clone()),
+                    ),
+                    size: 32 << 30,
+                },
+            ),
+        }
+        out
+    }
+
+    /// Makes `/dev/<partition>` nodes for the partitions of the disks
+    /// present now (links to `/dev/null`: they are for globs and `test`),
+    /// and removes those of disks that went away.
+    fn refresh_dev_nodes(&self) {
+        let mut wanted = Vec::new();
+        for d in self.disks() {
+            if d.card.is_none() {
+                continue;
+            }
+            let n = d.image.as_ref().map_or(0, |im| im.partitions.len());
+            for i in 1..=n {
+                wanted.push(
+                    self.root
+                        .join("dev")
+                        .join(fakes::partition_name(&d.name, i)),
+                );
+            }
+        }
+        let mut nodes = lock(&self.dev_nodes);
+        for old in nodes.iter().filter(|p| !wanted.contains(p)) {
+            let _ = std::fs::remove_file(old);
+        }
+        for new in &wanted {
+            if std::fs::symlink_metadata(new).is_err() {
+                let _ = std::os::unix::fs::symlink("/dev/null", new);
+            }
+        }
+        *nodes = wanted;
+    }
+
+    /// Writes an unmounted directory back into its disk's image.
+    fn write_back(&self, m: &fakes::MountEntry) -> anyhow::Result<()> {
+        let disks = self.disks();
+        let disk = disks
+            .iter()
+            .find(|d| d.name == m.disk)
+            .context("the disk is gone (switched away while mounted)")?;
+        let mut image = disk.image.clone().context("no image on the disk")?;
+        image.absorb(m.index, &m.dir)?;
+        match &disk.card {
+            Some(card) => image.rewrite_file(card.path())?,
+            None => *lock(&self.builtin) = image,
+        }
+        Ok(())
+    }
+
+    /// Takes the files under `dir` as they are now as the baseline, so
+    /// that changes the simulator itself made there (a mount, an unmount)
+    /// are not reported as written by commands.
+    fn settle_files(&self, dir: &Path) {
+        let mut files = lock(&self.files);
+        files.retain(|p, _| !p.starts_with(dir));
+        for (p, s) in rewrite::snapshot(&self.root) {
+            if p.starts_with(dir) {
+                files.insert(p, s);
+            }
+        }
+    }
+
+    /// Records the files commands wrote or removed since the last look.
+    fn record_files(&self) {
+        let after = rewrite::snapshot(&self.root);
+        let mut files = lock(&self.files);
+        let (written, removed) = rewrite::diff(&files, &after);
+        *files = after;
+        drop(files);
+        let mut history = lock(&self.history);
+        for (p, size) in written {
+            history.push(Event::Wrote {
+                path: rewrite::device_path(&self.root, &p),
+                size,
+            });
+        }
+        for p in removed {
+            history.push(Event::Removed {
+                path: rewrite::device_path(&self.root, &p),
+            });
+        }
+    }
+
+    fn notify_listening(&self, listening: bool) {
+        let before = self.listening.swap(listening, Ordering::SeqCst);
+        if before != listening {
+            lock(&self.watchers).retain(|w| w.send(listening).is_ok());
+        }
     }
 
     fn rule_for(&self, command: &str) -> Option<Rule> {
@@ -363,11 +779,21 @@ impl Shared {
         })
     }
 
-    /// Applies one power controller command; returns the reply line.
-    fn control(&self, line: &str) -> String {
+    /// Applies one power controller command; returns the reply line, or
+    /// `None` when the controller hangs.
+    fn control(self: &Arc<Self>, line: &str) -> Option<String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         lock(&self.power_events).push(line.trim().to_string());
-        match words.as_slice() {
+        match lock(&self.machine).power_fault {
+            PowerFault::None => {}
+            PowerFault::Fail => return Some("err simulated power controller failure".into()),
+            PowerFault::Hang => return None,
+        }
+        Some(self.apply_control(&words, line))
+    }
+
+    fn apply_control(self: &Arc<Self>, words: &[&str], line: &str) -> String {
+        match words {
             ["reboot"] => self.reboot(self.reboot_down_for),
             ["reboot", ms] => match ms.parse::<u64>() {
                 Ok(ms) => self.reboot(Duration::from_millis(ms)),
@@ -392,16 +818,86 @@ pub struct Dut {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A cheap handle on a running device's power and state, for services
+/// that act on it (a control host's REST API, a provisioning job). It does
+/// not keep the device running.
+#[derive(Clone)]
+pub struct DutHandle {
+    shared: Arc<Shared>,
+}
+
+impl DutHandle {
+    /// The current power state (as [`Dut::state`]).
+    pub fn state(&self) -> PowerState {
+        observed_state(&self.shared)
+    }
+
+    /// Reboots: down for `down_for`, then up (unless a boot fault).
+    pub fn reboot(&self, down_for: Duration) {
+        self.shared.reboot(down_for);
+    }
+
+    /// Reboots for the configured reboot time.
+    pub fn power_cycle(&self) {
+        self.shared.reboot(self.shared.reboot_down_for);
+    }
+
+    /// Cuts the power.
+    pub fn power_off(&self) {
+        self.shared.power_off();
+    }
+
+    /// Powers on.
+    pub fn power_on(&self) {
+        self.shared.power_on();
+    }
+
+    /// The installed image (what the device runs since its last boot).
+    pub fn installed_image(&self) -> Option<Image> {
+        self.shared.state();
+        lock(&self.shared.installed).clone()
+    }
+
+    /// The SSH address.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Registers `tx` to be told `true`/`false` whenever the device
+    /// starts/stops listening (and at once with the current value).
+    pub fn watch_listening(&self, tx: std::sync::mpsc::Sender<bool>) {
+        let _ = tx.send(self.shared.listening.load(Ordering::SeqCst));
+        lock(&self.shared.watchers).push(tx);
+    }
+}
+
+fn observed_state(shared: &Shared) -> PowerState {
+    match shared.state() {
+        PowerState::Up if !shared.listening.load(Ordering::SeqCst) => PowerState::Booting,
+        other => other,
+    }
+}
+
 impl Dut {
     /// A builder for a device on the loopback address `ip`.
     pub fn builder(ip: &str) -> DutBuilder {
         DutBuilder {
             ip: ip.to_string(),
+            name: format!("dut-{}", ip.replace([':', '.'], "-")),
             user: "ubuntu".into(),
             password: "ubuntu".into(),
             boot_time: Duration::from_millis(300),
             reboot_down_for: Duration::from_millis(500),
             initial: PowerState::Up,
+            image: Image::ubuntu("24.04.1", "noble")
+                .hostname(&format!("dut-{}", ip.replace([':', '.'], "-"))),
+            boot_card: None,
+            boot_device: "mmcblk0".into(),
+            cards: Vec::new(),
+            serial: false,
+            boot_fault: BootFault::None,
+            power_fault: PowerFault::None,
+            snap_model: "ubuntu-core-24-pi-arm64".into(),
         }
     }
 
@@ -421,16 +917,40 @@ impl Dut {
         let addr = std_listener.local_addr()?;
         let control = std::net::TcpListener::bind((ip, 0))?;
         let control_addr = control.local_addr()?;
+        let service = std::net::TcpListener::bind((ip, 0))?;
+        let service_addr = service.local_addr()?;
         std_listener.set_nonblocking(true)?;
         control.set_nonblocking(true)?;
+        service.set_nonblocking(true)?;
         let scratch = tempfile::tempdir()?;
-        let home = scratch.path().join("home");
+        let root = scratch.path().join("root");
+        let home = root.join("home").join(&b.user);
         std::fs::create_dir_all(home.join(".ssh"))?;
+        for dir in [
+            "etc", "dev", "mnt", "media", "tmp", "var/tmp", "boot", "opt", "srv",
+        ] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let bin = scratch.path().join("bin");
+        let calls = scratch.path().join("calls");
+        fakes::install(&bin, &calls, service_addr, &b.name)?;
+        for card in &b.cards {
+            card.attach_link(&root.join("dev").join(card.block_device()));
+        }
+        let serial = if b.serial {
+            Some(Arc::new(SerialServer::start(&b.ip)?))
+        } else {
+            None
+        };
         let host_key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
             .map_err(|e| anyhow::anyhow!("cannot generate a host key: {e}"))?;
         let up = b.initial == PowerState::Up;
         let shared = Arc::new(Shared {
             addr,
+            name: b.name.clone(),
+            root: root.clone(),
+            calls,
+            bin,
             home,
             user: b.user,
             password: b.password,
@@ -441,6 +961,10 @@ impl Dut {
                 power: b.initial,
                 fault: Fault::None,
                 up_at: None,
+                boot_fault: b.boot_fault,
+                power_fault: b.power_fault,
+                booting: None,
+                generation: 0,
             }),
             wake: Notify::new(),
             records: Mutex::new(Vec::new()),
@@ -452,7 +976,41 @@ impl Dut {
             live: Mutex::new(HashMap::new()),
             procs: Mutex::new(HashSet::new()),
             listening: std::sync::atomic::AtomicBool::new(up),
+            watchers: Mutex::new(Vec::new()),
+            builtin: Mutex::new(b.image.clone()),
+            installed: Mutex::new(None),
+            boot_card: b.boot_card.clone(),
+            boot_device: b.boot_device.clone(),
+            cards: Mutex::new(b.cards.clone()),
+            serial,
+            history: Mutex::new(Vec::new()),
+            files: Mutex::new(std::collections::BTreeMap::new()),
+            fake_calls: Mutex::new(Vec::new()),
+            mounts: Mutex::new(Vec::new()),
+            efi: Mutex::new(Efi::default()),
+            firmware: Mutex::new(Firmware::default()),
+            snaps: Mutex::new(vec![
+                ("core24".into(), "20240920".into()),
+                ("snapd".into(), "2.66.1".into()),
+            ]),
+            snap_model: b.snap_model.clone(),
+            dev_nodes: Mutex::new(Vec::new()),
         });
+        if up {
+            // Up from the start: the boot media's image is installed.
+            match shared.boot_media() {
+                Ok(image) => shared.install(image),
+                Err(_) => {
+                    // Nothing bootable: it cannot be up.
+                    let mut m = lock(&shared.machine);
+                    m.power = PowerState::Booting;
+                    m.up_at = None;
+                }
+            }
+        }
+        *lock(&shared.files) = rewrite::snapshot(&root);
+        let up = shared.state() == PowerState::Up;
+        shared.listening.store(up, Ordering::SeqCst);
         let (stop_tx, stop_rx) = oneshot::channel();
         let inner = shared.clone();
         let listener = up.then_some(std_listener);
@@ -463,7 +1021,8 @@ impl Dut {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                rt.block_on(supervise(inner, listener, control, stop_rx));
+                rt.block_on(supervise(inner, listener, control, service, stop_rx));
+                rt.shutdown_timeout(Duration::from_secs(1));
             })?;
         Ok(Dut {
             shared,
@@ -494,9 +1053,112 @@ impl Dut {
         &self.shared.home
     }
 
-    /// The device's scratch directory (parent of the home).
+    /// The device's scratch directory (holds `root`, `bin` with the
+    /// fakes, and the fakes' call pipes).
     pub fn scratch(&self) -> &Path {
         self.scratch.path()
+    }
+
+    /// The device's root: `/etc/hostname` of the device is
+    /// `root().join("etc/hostname")`.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// The real path of the device path `path` (`/mnt/x` → `<root>/mnt/x`).
+    pub fn path(&self, path: &str) -> PathBuf {
+        self.shared.root.join(path.trim_start_matches('/'))
+    }
+
+    /// The directory with the fake programs (first on executed commands'
+    /// `PATH`).
+    pub fn bin(&self) -> &Path {
+        &self.shared.bin
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A handle for services acting on this device.
+    pub fn handle(&self) -> DutHandle {
+        DutHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Commands and the files they wrote, in order.
+    pub fn history(&self) -> Vec<Event> {
+        lock(&self.shared.history).clone()
+    }
+
+    /// Device paths of the files commands wrote, in order (repeats
+    /// included).
+    pub fn files_written(&self) -> Vec<String> {
+        self.history()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Wrote { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Calls of the simulator-answered fakes, in order.
+    pub fn fake_calls(&self) -> Vec<FakeCall> {
+        lock(&self.shared.fake_calls).clone()
+    }
+
+    /// The serial console, if the device has one.
+    pub fn serial(&self) -> Option<&SerialServer> {
+        self.shared.serial.as_deref()
+    }
+
+    /// The image the device runs since its last boot.
+    pub fn installed_image(&self) -> Option<Image> {
+        self.handle().installed_image()
+    }
+
+    /// Replaces the built-in image (booted at the next boot when the
+    /// device has no boot card).
+    pub fn set_image(&self, image: Image) {
+        *lock(&self.shared.builtin) = image;
+    }
+
+    /// The boot card, if any.
+    pub fn boot_card(&self) -> Option<&Card> {
+        self.shared.boot_card.as_ref()
+    }
+
+    /// The cards attached as block devices.
+    pub fn cards(&self) -> Vec<Card> {
+        lock(&self.shared.cards).clone()
+    }
+
+    /// Sets the boot fault (applies from the next boot).
+    pub fn set_boot_fault(&self, fault: BootFault) {
+        lock(&self.shared.machine).boot_fault = fault;
+    }
+
+    /// Sets the power controller fault.
+    pub fn set_power_fault(&self, fault: PowerFault) {
+        lock(&self.shared.machine).power_fault = fault;
+    }
+
+    /// The simulated boot manager's state.
+    pub fn efi(&self) -> Efi {
+        lock(&self.shared.efi).clone()
+    }
+
+    /// The simulated firmware's state.
+    pub fn firmware(&self) -> Firmware {
+        lock(&self.shared.firmware).clone()
+    }
+
+    /// Sets the simulated firmware (version, releases ...).
+    pub fn set_firmware(&self, firmware: Firmware) {
+        *lock(&self.shared.firmware) = firmware;
     }
 
     /// The user password logins are accepted for.
@@ -563,10 +1225,7 @@ impl Dut {
 
     /// The current power state.
     pub fn state(&self) -> PowerState {
-        match self.shared.state() {
-            PowerState::Up if !self.shared.listening.load(Ordering::SeqCst) => PowerState::Booting,
-            other => other,
-        }
+        observed_state(&self.shared)
     }
 
     /// Waits (polling, bounded by `timeout`) until the device is in
@@ -638,7 +1297,7 @@ impl Dut {
                  set -u\n\
                  exec 3<>/dev/tcp/{cip}/{cport} || {{ echo \"power controller {cip}:{cport} is not reachable\" >&2; exit 2; }}\n\
                  printf '%s\\n' '{action}' >&3\n\
-                 if ! IFS= read -r -t 10 reply <&3; then echo \"no answer from the power controller\" >&2; exit 3; fi\n\
+                 if ! IFS= read -r -t 3600 reply <&3; then echo \"no answer from the power controller\" >&2; exit 3; fi\n\
                  exec 3>&-\n\
                  case \"$reply\" in ok*) echo \"{action}: $reply\"; exit 0 ;; *) echo \"power controller: $reply\" >&2; exit 1 ;; esac\n",
                 dev = self.addr(),
@@ -793,6 +1452,7 @@ async fn supervise(
     shared: Arc<Shared>,
     initial: Option<std::net::TcpListener>,
     control: std::net::TcpListener,
+    service: std::net::TcpListener,
     mut stop: oneshot::Receiver<()>,
 ) {
     let config = Arc::new(server::Config {
@@ -806,6 +1466,9 @@ async fn supervise(
     let mut listener = initial.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
     if let Ok(control) = tokio::net::TcpListener::from_std(control) {
         tokio::spawn(serve_control(control, shared.clone()));
+    }
+    if let Ok(service) = tokio::net::TcpListener::from_std(service) {
+        tokio::spawn(fakes::serve(service, shared.clone()));
     }
     loop {
         let power = shared.state();
@@ -826,7 +1489,7 @@ async fn supervise(
                 }
             }
         }
-        shared.listening.store(listener.is_some(), Ordering::SeqCst);
+        shared.notify_listening(listener.is_some());
         tokio::select! {
             _ = &mut stop => break,
             _ = shared.wake.notified() => {}
@@ -884,7 +1547,11 @@ async fn serve_control(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             let (r, mut w) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let reply = shared.control(&line);
+                let Some(reply) = shared.control(&line) else {
+                    // A hung controller: hold the connection, say nothing.
+                    while let Ok(Some(_)) = lines.next_line().await {}
+                    break;
+                };
                 if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                     break;
                 }
@@ -964,10 +1631,12 @@ impl server::Handler for Session {
         data: &[u8],
         session: &mut server::Session,
     ) -> Result<(), Self::Error> {
-        lock(&self.shared.records).push(ExecRecord {
+        let record = ExecRecord {
             user: self.user.clone(),
             command: String::from_utf8_lossy(data).into_owned(),
-        });
+        };
+        lock(&self.shared.history).push(Event::Exec(record.clone()));
+        lock(&self.shared.records).push(record);
         session.channel_success(channel)?;
         Ok(())
     }
@@ -1062,14 +1731,22 @@ async fn run_process(
     handle: server::Handle,
     user: &str,
 ) {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let system_path =
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut path = shared.bin.clone().into_os_string();
+    path.push(":");
+    path.push(system_path);
+    let command = rewrite::rewrite(command, &shared.root);
+    shared.refresh_dev_nodes();
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(command)
+        .arg(&command)
         .current_dir(&shared.home)
         .env_clear()
         .env("HOME", &shared.home)
         .env("PATH", path)
+        .env("TMPDIR", shared.root.join("tmp"))
+        .env("LABSIM_ROOT", &shared.root)
         .env("USER", user)
         .env("LOGNAME", user)
         .env("SHELL", "/bin/sh")
@@ -1126,6 +1803,7 @@ async fn run_process(
         status = outputs => status.ok(),
         _ = input => None,
     };
+    shared.record_files();
     if let Some(pgid) = pgid {
         lock(&shared.procs).remove(&pgid);
         // The command is done or abandoned: nothing it started survives.
@@ -1295,6 +1973,275 @@ mod tests {
             .output()
             .unwrap();
         assert!(!out.status.success());
+    }
+
+    use crate::card::{Card, Media, MuxSide};
+    use crate::client::{self, Auth};
+
+    const T: Duration = Duration::from_secs(20);
+
+    /// Runs `command` as ubuntu with the agent key of `home`.
+    fn run(dut: &Dut, home: &Path, command: &str, stdin: &[u8]) -> client::Output {
+        let key = home.join(".ssh/id_ed25519");
+        client::exec(dut.addr(), "ubuntu", Auth::Key(&key), command, stdin, T).unwrap()
+    }
+
+    fn ok(dut: &Dut, home: &Path, command: &str) -> String {
+        let out = run(dut, home, command, b"");
+        assert_eq!(out.status, Some(0), "{command}: {}", out.stderr_text());
+        out.stdout_text()
+    }
+
+    #[test]
+    fn commands_see_the_device_root_its_image_and_the_fakes() {
+        let dut = Dut::builder("127.0.0.2").name("pi4-a").start().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        dut.configure_client(home.path()).unwrap();
+        assert!(ok(&dut, home.path(), "cat /etc/os-release").contains("Ubuntu 24.04.1 LTS"));
+        assert_eq!(ok(&dut, home.path(), "hostname"), "pi4-a\n");
+        assert_eq!(ok(&dut, home.path(), "cat /etc/hostname"), "pi4-a\n");
+        ok(
+            &dut,
+            home.path(),
+            "echo hi > /tmp/note && sudo mkdir -p /mnt/x",
+        );
+        assert_eq!(
+            std::fs::read_to_string(dut.path("/tmp/note")).unwrap(),
+            "hi\n"
+        );
+        // Relative paths are the caller's; plain data passes zstdcat.
+        assert_eq!(ok(&dut, home.path(), "cd /tmp && zstdcat note"), "hi\n");
+        let lsblk: serde_json::Value =
+            serde_json::from_str(&ok(&dut, home.path(), "lsblk -J -o NAME,LABEL")).unwrap();
+        assert_eq!(lsblk["blockdevices"][0]["name"], "mmcblk0");
+        assert_eq!(lsblk["blockdevices"][0]["children"][1]["name"], "mmcblk0p2");
+        assert_eq!(lsblk["blockdevices"][0]["children"][1]["label"], "writable");
+        let efi = ok(&dut, home.path(), "sudo efibootmgr -o 0002,0000");
+        assert!(efi.contains("BootOrder: 0002,0000"), "{efi}");
+        assert_eq!(dut.efi().order, ["0002", "0000"]);
+        assert!(ok(&dut, home.path(), "snap model").contains("ubuntu-core-24-pi-arm64"));
+        let bad = run(&dut, home.path(), "efibootmgr -o 0009", b"");
+        assert_eq!(bad.status, Some(1));
+        // Firmware: an upgrade applies at the next boot.
+        let devices: serde_json::Value =
+            serde_json::from_str(&ok(&dut, home.path(), "sudo fwupdmgr get-devices --json"))
+                .unwrap();
+        let id = devices["Devices"][0]["DeviceId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ok(
+            &dut,
+            home.path(),
+            &format!("sudo fwupdmgr upgrade {id} -y --no-reboot-check"),
+        );
+        assert_eq!(dut.firmware().version, "1.0.0");
+        let _ = run(&dut, home.path(), "sudo reboot", b"");
+        assert!(dut.wait_state(PowerState::Booting, T));
+        assert!(dut.wait_state(PowerState::Up, T));
+        assert_eq!(dut.firmware().version, "1.1.0");
+        let results: serde_json::Value = serde_json::from_str(&ok(
+            &dut,
+            home.path(),
+            &format!("sudo fwupdmgr get-results {id} --json"),
+        ))
+        .unwrap();
+        assert_eq!(results["UpdateState"], 2);
+
+        let history = dut.history();
+        let wrote = history.iter().position(
+            |e| matches!(e, Event::Wrote { path, size } if path == "/tmp/note" && *size == 3),
+        );
+        let exec = history
+            .iter()
+            .position(|e| matches!(e, Event::Exec(r) if r.command.starts_with("echo hi")));
+        assert!(exec.unwrap() < wrote.unwrap(), "{history:?}");
+        assert!(dut.power_events().contains(&"reboot (command)".to_string()));
+        let calls: Vec<String> = dut.fake_calls().into_iter().map(|c| c.name).collect();
+        assert!(calls.contains(&"lsblk".to_string()) && calls.contains(&"reboot".to_string()));
+    }
+
+    #[test]
+    fn a_control_host_flashes_the_card_that_the_dut_then_boots() {
+        let dir = tempfile::tempdir().unwrap();
+        let card = Card::new(&dir.path().join("sd.img"), "sda", Media::Sd).unwrap();
+        let ch = Dut::builder("127.0.0.3")
+            .name("ctl")
+            .attach_card(card.clone())
+            .start()
+            .unwrap();
+        let dut = Dut::builder("127.0.0.4")
+            .name("dut")
+            .boot_card(card.clone(), "mmcblk0")
+            .with_serial()
+            .boot_time(Duration::from_millis(200))
+            .reboot_down_for(Duration::from_millis(200))
+            .powered_off()
+            .start()
+            .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        ch.configure_client(home.path()).unwrap();
+        dut.configure_client(home.path()).unwrap();
+        let h = home.path();
+
+        // Not switched yet: no /dev/sda on the control host.
+        assert_eq!(
+            run(&ch, h, "lsblk -o NAME,LABEL -J /dev/sda", b"").status,
+            Some(32)
+        );
+        ok(&ch, h, "stm -ts");
+        assert_eq!(card.side(), MuxSide::ControlHost);
+        let image = crate::image::Image::ubuntu("22.04.5", "jammy")
+            .hostname("flashed")
+            .file(
+                "writable",
+                ".disk/info",
+                "iot-pi-jammy-classic-server-2404\n",
+            );
+        let compressed = image.compressed(3 << 20);
+        let out = run(&ch, h, "zstdcat | sudo dd of=/dev/sda bs=16M", &compressed);
+        assert_eq!(out.status, Some(0), "{}", out.stderr_text());
+        assert_eq!(card.bytes().unwrap(), image.to_bytes(3 << 20));
+        ok(&ch, h, "sync");
+        assert!(ok(&ch, h, "sudo hdparm -z /dev/sda").contains("re-reading partition table"));
+        let lsblk: serde_json::Value =
+            serde_json::from_str(&ok(&ch, h, "lsblk -o NAME,LABEL -J /dev/sda")).unwrap();
+        let labels: Vec<(String, String)> = lsblk["blockdevices"][0]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().into(),
+                    c["label"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("sda1".to_string(), "system-boot".to_string()),
+                ("sda2".into(), "writable".into())
+            ]
+        );
+        ok(
+            &ch,
+            h,
+            "sudo mkdir -p /mnt/agent/writable && sudo mount /dev/sda2 /mnt/agent/writable",
+        );
+        assert_eq!(
+            ok(
+                &ch,
+                h,
+                "grep -oP 'iot-\\w+-\\w+-classic-(server|desktop)-\\d+' /mnt/agent/writable/.disk/info"
+            ),
+            "iot-pi-jammy-classic-server-2404\n"
+        );
+        assert!(
+            run(&ch, h, "ls /mnt/agent/writable/lib/firmware/*-tegra*/", b"").status != Some(0)
+        );
+        ok(
+            &ch,
+            h,
+            "test -d /mnt/agent/writable/etc && echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /tmp/sudoers",
+        );
+        ok(
+            &ch,
+            h,
+            "sudo mkdir -p /mnt/agent/writable/etc/sudoers.d && sudo cp /tmp/sudoers /mnt/agent/writable/etc/sudoers.d/ubuntu",
+        );
+        ok(&ch, h, "sudo umount /dev/sda*; true");
+        assert!(
+            ch.fake_calls()
+                .iter()
+                .any(|c| c.name == "umount" && c.args == ["/dev/sda", "/dev/sda1", "/dev/sda2"]),
+            "{:?}",
+            ch.fake_calls()
+        );
+        assert!(
+            ch.files_written()
+                .contains(&"/mnt/agent/writable/etc/sudoers.d/ubuntu".to_string())
+        );
+        assert!(ch.files_written().contains(&"/dev/sda".to_string()));
+        ok(&ch, h, "stm -dut");
+        let flashed = card.image().unwrap();
+        assert_eq!(
+            flashed.partitions[1].files["etc/sudoers.d/ubuntu"],
+            "ubuntu ALL=(ALL) NOPASSWD:ALL\n"
+        );
+
+        // The DUT boots what is on the card.
+        let serial = dut.serial().unwrap();
+        let mut console = std::net::TcpStream::connect(serial.addr()).unwrap();
+        assert!(serial.wait_accepted(1, T));
+        dut.power_on();
+        assert!(dut.wait_state(PowerState::Up, T));
+        assert_eq!(ok(&dut, h, "hostname"), "flashed\n");
+        assert!(ok(&dut, h, "cat /etc/os-release").contains("Ubuntu 22.04.5 LTS"));
+        let log = read_for(&mut console, b"flashed login: ");
+        assert!(log.contains("Ubuntu 22.04.5 LTS flashed ttyS0"), "{log}");
+
+        // Switched away, the card is not bootable: the DUT never comes back.
+        card.switch(MuxSide::ControlHost);
+        dut.handle().power_cycle();
+        assert!(!dut.wait_state(PowerState::Up, Duration::from_millis(800)));
+        let log = read_for(&mut console, b"No bootable media");
+        assert!(log.contains("No bootable media found"), "{log}");
+    }
+
+    fn read_for(s: &mut std::net::TcpStream, needle: &[u8]) -> String {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + T;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.windows(needle.len()).any(|w| w == needle) && Instant::now() < deadline {
+            if let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn boot_and_power_faults() {
+        let dut = Dut::builder("127.0.0.5")
+            .boot_time(Duration::from_millis(50))
+            .reboot_down_for(Duration::from_millis(50))
+            .start()
+            .unwrap();
+        dut.set_boot_fault(BootFault::Never);
+        dut.reboot(Duration::from_millis(10));
+        assert!(!dut.wait_state(PowerState::Up, Duration::from_millis(500)));
+        dut.set_boot_fault(BootFault::Slow(Duration::from_millis(300)));
+        let started = Instant::now();
+        dut.reboot(Duration::from_millis(10));
+        assert!(dut.wait_state(PowerState::Up, T));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dut.write_power_scripts(dir.path()).unwrap();
+        dut.set_power_fault(PowerFault::Fail);
+        let out = std::process::Command::new(&scripts.reboot)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(dut.state(), PowerState::Up);
+        dut.set_power_fault(PowerFault::Hang);
+        let mut child = std::process::Command::new(&scripts.reboot)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let hung = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(hung);
+        assert_eq!(dut.state(), PowerState::Up);
     }
 
     #[test]
