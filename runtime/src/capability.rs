@@ -242,14 +242,35 @@ impl Gate {
         Ok(())
     }
 
+    /// The lab's URL grants (empty: any job-provided URL).
+    pub fn url_patterns(&self) -> &[UrlPattern] {
+        &self.urls
+    }
+
+    /// Audits `err` as a denial of `target` when it is one (a check made
+    /// outside the gate, such as "not a job URL"), and passes it through.
+    pub fn deny(&self, cap: Capability, target: &str, err: HostError) -> HostError {
+        if err.kind() == "denied" {
+            self.audit(
+                cap.key(),
+                target,
+                "denied",
+                Duration::ZERO,
+                Some(&err.to_string()),
+            );
+        }
+        err
+    }
+
     /// Checks a job-provided URL against the lab's URL patterns (after
     /// `check(…, "job-urls")`).
     pub fn check_url(&self, cap: Capability, url: &str) -> Result<(), HostError> {
         if self.urls.is_empty() {
             return Ok(());
         }
+        let shown = crate::http::redact_url(url);
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| HostError::invalid(format!("bad URL `{url}`: {e}")))?;
+            .map_err(|e| HostError::invalid(format!("bad URL `{shown}`: {e}")))?;
         if self.urls.iter().any(|p| p.matches(&parsed)) {
             return Ok(());
         }
@@ -258,7 +279,7 @@ impl Gate {
             .map(|p| p.to_string())
             .unwrap_or_default();
         let err = HostError::denied(format!(
-            "URL {url} is not covered by the URL grants of connector {} ({}); to allow it, add `{}://{}:{port}` to `grants: {{urls: [...]}}` in {}",
+            "URL {shown} is not covered by the URL grants of connector {} ({}); to allow it, add `{}://{}:{port}` to `grants: {{urls: [...]}}` in {}",
             self.subject.connector,
             self.urls
                 .iter()
@@ -271,7 +292,7 @@ impl Gate {
         ));
         self.audit(
             cap.key(),
-            url,
+            &shown,
             "denied",
             Duration::ZERO,
             Some(&err.to_string()),
@@ -525,17 +546,29 @@ mod tests {
         let _ = gate.check(Capability::Ssh, "device");
         let call = gate.begin("ssh.exec", "device");
         let _ = call.end(Ok::<_, HostError>(()));
+        // A denial decided outside the gate is audited through `deny`; other
+        // errors pass through without an audit line.
+        let err = gate.deny(
+            Capability::Http,
+            "http://x/not-in-job",
+            HostError::denied("not a job URL"),
+        );
+        assert_eq!(err.kind(), "denied");
+        let _ = gate.deny(Capability::Http, "http://x/y", HostError::io("refused"));
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["result"], "denied");
         assert_eq!(lines[0]["capability"], "ssh");
         assert_eq!(lines[1]["result"], "ok");
         assert_eq!(lines[1]["connector"], "acme");
         assert_eq!(lines[1]["stage"], "provision");
+        assert_eq!(lines[2]["result"], "denied");
+        assert_eq!(lines[2]["capability"], "http");
+        assert_eq!(lines[2]["target"], "http://x/not-in-job");
     }
 }
 

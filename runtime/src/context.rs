@@ -77,7 +77,8 @@ impl StageContext {
         let serial =
             SerialHub::new(&config, &rundir, stage).with_max_ports(limits.max_serial_ports);
         let transfers = crate::transfer::Transfers::new(limits.max_transfers);
-        let http = crate::http::HttpClient::new(&config, &job)?;
+        let http = crate::http::HttpClient::new(&config, &job)?
+            .with_url_patterns(gate.url_patterns().to_vec());
         Ok(Arc::new(StageContext {
             stage,
             provision_type,

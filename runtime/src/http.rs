@@ -17,10 +17,14 @@ use futures::StreamExt;
 
 use crate::config::DeviceConfig;
 use crate::job_file::JobFile;
+use crate::lab::UrlPattern;
 use crate::maas_auth::{self, MaasCredentials};
 
 /// Port of the control host's REST API (reference constant).
 pub const CONTROL_HOST_PORT: u16 = 8000;
+
+/// Redirects followed per request (reqwest's default).
+pub const MAX_REDIRECTS: usize = 10;
 
 /// Why an HTTP exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,26 +39,49 @@ pub enum HttpError {
         "requests to HTTP endpoint `{0}` must not carry an Authorization header: the host signs them"
     )]
     OwnAuthorization(String),
-    #[error("URL {0} is not one the job provides; connectors may only fetch URLs from the job")]
+    #[error("URL {} is not one the job provides; connectors may only fetch URLs from the job", redact_url(.0))]
     NotAJobUrl(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("{method} {url} timed out after {secs} s")]
+    #[error("{method} {} was not followed: {message}", redact_url(.url))]
+    Redirect {
+        method: String,
+        url: String,
+        message: String,
+    },
+    #[error("{method} {} timed out after {secs} s", redact_url(.url))]
     Timeout {
         method: String,
         url: String,
         secs: u64,
     },
-    #[error("{method} {url} failed: {message}")]
+    #[error("{method} {} failed: {message}", redact_url(.url))]
     Transport {
         method: String,
         url: String,
         message: String,
     },
-    #[error("response body of {url} is larger than the limit of {max} bytes")]
+    #[error("response body of {} is larger than the limit of {max} bytes", redact_url(.url))]
     TooBig { url: String, max: u64 },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
+}
+
+/// `url` with its user information (`user:password@`, or a token in the
+/// user name) replaced by `***`, for messages and logs: a lab may put
+/// credentials in a URL (`connector_runtime.control_host_url`), and
+/// messages reach connectors and the job log. Works on text that does not
+/// parse as a URL too.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]).into(),
+        None => url.into(),
+    }
 }
 
 /// A request, already resolved to an absolute URL.
@@ -94,6 +121,8 @@ pub struct HttpClient {
     extra_ca: Vec<std::path::PathBuf>,
     job_urls: BTreeSet<String>,
     control_host_base: Option<String>,
+    /// The lab's URL grants; redirects must stay within them.
+    url_patterns: Vec<UrlPattern>,
     /// `maas_url`, checked when first used.
     maas_base: Option<String>,
     /// `maas_api_key`, parsed with the config; a malformed key is reported
@@ -123,6 +152,7 @@ impl HttpClient {
             extra_ca: config.runtime.extra_ca_certs.clone(),
             job_urls,
             control_host_base: control_host_base.map(|b| b.trim_end_matches('/').to_string()),
+            url_patterns: Vec::new(),
             maas_base: config
                 .string(maas_auth::URL_KEY)
                 .map(|b| b.trim().trim_end_matches('/').to_string()),
@@ -132,14 +162,24 @@ impl HttpClient {
         })
     }
 
-    /// The shared reqwest client (rustls, extra CAs from the config).
+    /// Narrows where redirects may lead to the lab's URL grants (see
+    /// [`redirect_policy`]). Must be called before the first request.
+    pub fn with_url_patterns(mut self, patterns: Vec<UrlPattern>) -> Self {
+        self.url_patterns = patterns;
+        self
+    }
+
+    /// The shared reqwest client (rustls, extra CAs from the config,
+    /// redirects checked by [`redirect_policy`]).
     pub fn client(&self) -> Result<&reqwest::Client, HttpError> {
         self.client
             .get_or_init(|| {
-                let mut builder = reqwest::Client::builder().user_agent(concat!(
-                    "testflinger-device-connectors/",
-                    env!("CARGO_PKG_VERSION")
-                ));
+                let mut builder = reqwest::Client::builder()
+                    .user_agent(concat!(
+                        "testflinger-device-connectors/",
+                        env!("CARGO_PKG_VERSION")
+                    ))
+                    .redirect(redirect_policy(self.url_patterns.clone()));
                 for path in &self.extra_ca {
                     let pem = std::fs::read(path).map_err(|e| {
                         format!("cannot read CA certificate {}: {e}", path.display())
@@ -332,7 +372,71 @@ pub fn build_client(extra_ca: &[std::path::PathBuf]) -> Result<reqwest::Client, 
     builder.build().map_err(|e| e.to_string())
 }
 
+/// Why [`redirect_policy`] refused a redirect.
+#[derive(Debug)]
+struct RedirectRefused(String);
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// The redirect policy of connector-visible requests. A redirect is a
+/// request the connector did not name, so it must pass the check the
+/// first URL passed: with URL grants, every hop must match one (or stay on
+/// the origin it leaves); without them, any http(s) URL may follow, as the
+/// job could have named it directly. Otherwise a granted server (or one a
+/// job names) could bounce the host to an internal service and hand its
+/// answer to the connector.
+pub fn redirect_policy(patterns: Vec<UrlPattern>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            let msg = format!("more than {MAX_REDIRECTS} redirects");
+            return attempt.error(RedirectRefused(msg));
+        }
+        // reqwest itself never follows a redirect to another scheme than
+        // http(s): it returns the 3xx response.
+        let url = attempt.url();
+        let same_origin = attempt
+            .previous()
+            .last()
+            .is_some_and(|prev| prev.origin() == url.origin());
+        if same_origin || patterns.is_empty() || patterns.iter().any(|p| p.matches(url)) {
+            return attempt.follow();
+        }
+        let msg = format!(
+            "it redirects to {}, which is not covered by the URL grants ({}); to allow it, add `{}://{}:{}` to `grants: {{urls: [...]}}` in the lab file",
+            redact_url(url.as_str()),
+            patterns
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0),
+        );
+        attempt.error(RedirectRefused(msg))
+    })
+}
+
 fn classify(method: &str, url: &str, timeout: Duration, e: reqwest::Error) -> HttpError {
+    if e.is_redirect() {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(refused) = s.downcast_ref::<RedirectRefused>() {
+                return HttpError::Redirect {
+                    method: method.into(),
+                    url: url.into(),
+                    message: refused.0.clone(),
+                };
+            }
+            source = s.source();
+        }
+    }
     if e.is_timeout() {
         return HttpError::Timeout {
             method: method.into(),
@@ -465,5 +569,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("scheme `ftp`"), "{err}");
+    }
+
+    /// A granted (or job-named) server cannot bounce the host to a URL the
+    /// connector could not fetch itself.
+    #[tokio::test]
+    async fn redirects_stay_within_the_url_grants() {
+        use labsim::web::{Reply, WebServer};
+        let inner = WebServer::start("127.0.0.1", |_| Reply::text("INTERNAL")).unwrap();
+        let inner_url = inner.url();
+        let outer = WebServer::start("127.0.0.1", move |r| {
+            let to = match r.path_only() {
+                "/away" => format!("{inner_url}/secret"),
+                "/here" => "/final".to_string(),
+                "/file" => "file:///etc/passwd".to_string(),
+                _ => return Reply::text("outer"),
+            };
+            Reply::Full {
+                status: 302,
+                headers: vec![("location".into(), to)],
+                body: Default::default(),
+            }
+        })
+        .unwrap();
+        let config = DeviceConfig::parse(Path::new("c"), "{}").unwrap();
+        let job = JobFile::parse(Path::new("j"), "{}").unwrap();
+        let pattern = UrlPattern::parse(&outer.url()).unwrap();
+        let http = HttpClient::new(&config, &job)
+            .unwrap()
+            .with_url_patterns(vec![pattern]);
+        let get =
+            |path: &str| Request::get(format!("{}{path}", outer.url()), Duration::from_secs(5));
+        let err = http.send(get("/away"), 1 << 20).await.unwrap_err();
+        assert!(matches!(err, HttpError::Redirect { .. }), "{err}");
+        assert!(
+            err.to_string().contains("is not covered by the URL grants"),
+            "{err}"
+        );
+        assert!(inner.requests().is_empty());
+        // Same origin is fine, and so is anything without URL grants.
+        let ok = http.send(get("/here"), 1 << 20).await.unwrap();
+        assert_eq!(ok.body, b"outer");
+        let not_followed = http.send(get("/file"), 1 << 20).await.unwrap();
+        assert_eq!(not_followed.status, 302);
+        let open = HttpClient::new(&config, &job).unwrap();
+        let ok = open.send(get("/away"), 1 << 20).await.unwrap();
+        assert_eq!(ok.body, b"INTERNAL");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("http://admin:pw@ch:8000/health"),
+            "http://***@ch:8000/health"
+        );
+        assert_eq!(redact_url("https://TOKEN@host/x@y"), "https://***@host/x@y");
+        assert_eq!(redact_url("http://a:b@c@host:bad/"), "http://***@host:bad/");
+        assert_eq!(redact_url("http://host/p?q=a@b"), "http://host/p?q=a@b");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let e = HttpError::Transport {
+            method: "GET".into(),
+            url: "http://admin:pw@ch:8000/".into(),
+            message: "refused".into(),
+        };
+        assert_eq!(e.to_string(), "GET http://***@ch:8000/ failed: refused");
     }
 }

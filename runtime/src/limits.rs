@@ -31,6 +31,11 @@ pub struct Limits {
     /// Bytes of log and stdout text a connector may emit per stage.
     #[serde(deserialize_with = "de_size")]
     pub max_log_bytes: u64,
+    /// Bytes a connector may write with `write-artifact` per stage (data
+    /// from its own memory; host-side copies are not counted), so that a
+    /// loop cannot fill the agent's disk.
+    #[serde(deserialize_with = "de_size")]
+    pub max_artifact_bytes: u64,
     /// Bytes of command output buffered per SSH exec.
     #[serde(deserialize_with = "de_size")]
     pub max_exec_output_bytes: u64,
@@ -53,6 +58,7 @@ impl Default for Limits {
             host_call_timeout: Duration::from_secs(4 * 3600),
             max_return_bytes: 64 << 20,
             max_log_bytes: 64 << 20,
+            max_artifact_bytes: 1 << 30,
             max_exec_output_bytes: 16 << 20,
             max_ssh_sessions: 32,
             max_serial_ports: 4,

@@ -105,7 +105,16 @@ pub async fn run_entry(
         error: e.to_string(),
     })?;
     let pid = child.id();
-    match tokio::time::timeout(timeout, child.wait()).await {
+    // Declared after `child`, so dropped (and run) before it is killed and
+    // reaped.
+    let mut group = GroupGuard(pid);
+    let outcome = tokio::time::timeout(timeout, child.wait()).await;
+    if let Ok(Ok(_)) = outcome {
+        // The entry ended by itself; what it left running is its business
+        // (as in the reference), and its group id may be reused.
+        group.0 = None;
+    }
+    match outcome {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(PowerError::Failed {
             key: key.into(),
@@ -121,12 +130,7 @@ pub async fn run_entry(
             error: e.to_string(),
         }),
         Err(_) => {
-            if let Some(pid) = pid {
-                // SAFETY: plain syscall; the group id is the child's pid.
-                unsafe {
-                    libc::killpg(pid as libc::pid_t, libc::SIGKILL);
-                }
-            }
+            group.kill();
             let _ = child.kill().await;
             Err(PowerError::Timeout {
                 key: key.into(),
@@ -134,6 +138,32 @@ pub async fn run_entry(
                 secs: timeout.as_secs(),
             })
         }
+    }
+}
+
+/// Kills an entry's whole process group when dropped while armed: when
+/// the host call is abandoned (the stage timed out and dropped it) the
+/// entry and everything it started in the background go too, instead of
+/// outliving the runtime while holding its stdout and stderr.
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    /// Kills the group now and disarms.
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // SAFETY: plain syscall; the group id is the child's pid (it
+            // was spawned with `process_group(0)`) and the child is not
+            // reaped yet, so the id still names that group.
+            unsafe {
+                libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -175,6 +205,54 @@ mod tests {
         run_list(&c, "k", Style::Shell, Duration::from_secs(5))
             .await
             .unwrap();
+    }
+
+    /// An entry abandoned by its caller (a stage timeout drops the host
+    /// call) takes its background processes with it.
+    #[tokio::test]
+    async fn abandoned_entries_kill_their_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let entry = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+        let mut run = Box::pin(run_entry(
+            "k",
+            &entry,
+            Style::Shell,
+            Duration::from_secs(600),
+        ));
+        tokio::select! {
+            r = &mut run => panic!("the entry ended: {r:?}"),
+            _ = async {
+                while !pidfile.exists() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Let the shell reach `wait`.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("no pid file"),
+        }
+        // What a stage timeout does to the host call.
+        drop(run);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let alive = || {
+            std::fs::read_to_string(&stat)
+                .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+                .unwrap_or(false)
+        };
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if alive() {
+            // SAFETY: plain syscall on the process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the background process {pid} outlived its abandoned entry");
+        }
     }
 
     #[tokio::test]

@@ -130,6 +130,17 @@ pub fn wit_compatible(theirs: &str) -> bool {
     }
 }
 
+/// The first `testflinger:connector/*` interface a component imports or
+/// exports from another version line than this runtime's (or without a
+/// version), if any.
+pub fn foreign_interface(component: &[u8]) -> Option<String> {
+    let (imports, exports) = crate::commands::inspect::interface_names(component).ok()?;
+    imports.into_iter().chain(exports).find(|name| {
+        name.strip_prefix("testflinger:connector/")
+            .is_some_and(|rest| !rest.split_once('@').is_some_and(|(_, v)| wit_compatible(v)))
+    })
+}
+
 /// A component loaded and checked, with everything needed to run it.
 pub struct Prepared {
     pub resolved: Resolved,
@@ -171,6 +182,19 @@ pub async fn prepare(
                 .split('.')
                 .nth(1)
                 .unwrap_or("?"),
+        )));
+    }
+    // The manifest is the component's own word: check it against the
+    // interfaces it really imports and exports, so that a component from
+    // another WIT line cannot pass itself off as one of ours.
+    if let Some(name) = foreign_interface(&resolved.bytes) {
+        return Err(fail(format!(
+            "connector {} {} ({}) says it was built against WIT testflinger:connector@{}, but it uses {name}; this runtime implements testflinger:connector@{}; use a connector built for this runtime",
+            manifest.name,
+            manifest.version,
+            resolved.origin,
+            manifest.wit,
+            crate::bindings::WIT_VERSION,
         )));
     }
     if let Some(pin) = &resolved.pin
@@ -369,19 +393,19 @@ pub async fn call_phase(
             ),
         )),
         Ok(Err(trap)) => {
-            let stderr = store.data().guest_stderr();
-            let text = format!("{trap:#}");
-            let mut msg = if text.contains("forcing trap when growing memory") {
+            // The wasm backtrace (function indices of a stripped binary)
+            // helps the connector's author, not the job log.
+            tracing::debug!(target: "tfdc::run", "connector {name} trapped: {trap:?}");
+            let cause = trap.root_cause().to_string();
+            let mut msg = if format!("{trap:#}").contains("forcing trap when growing memory") {
                 format!(
-                    "connector {name} exceeded the memory limit of {} MiB during {stage} and was stopped (limits.memory in the lab file raises it): {text}",
+                    "connector {name} exceeded the memory limit of {} MiB during {stage} and was stopped (limits.memory in the lab file raises it): {cause}",
                     cx.limits.memory_bytes >> 20
                 )
             } else {
-                format!("connector {name} failed during {stage}: {text}")
+                format!("connector {name} failed during {stage}: {cause}")
             };
-            if !stderr.is_empty() {
-                msg.push_str(&format!("; connector stderr: {stderr}"));
-            }
+            msg.push_str(&store.data().guest_stderr_report());
             Err(StageError::failed("ConnectorError", msg))
         }
         // Exit statuses are 8 bits, as the OS truncates them.
@@ -403,5 +427,23 @@ mod tests {
         assert!(!wit_compatible("1.0.0"));
         assert!(!wit_compatible("0.1"));
         assert!(wit_compatible("0.1.9"));
+    }
+
+    #[test]
+    fn interfaces_of_another_line_are_found() {
+        for e in crate::connectors::EMBEDDED {
+            assert_eq!(foreign_interface(e.bytes), None, "{}", e.name);
+        }
+        let compat = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/compat/kitchen_sink_v0_1_0.wasm"),
+        )
+        .unwrap();
+        assert_eq!(foreign_interface(&compat), None);
+        let v1 = std::fs::read(labsim::fixtures::path("fixture_hostile_wit_major")).unwrap();
+        assert_eq!(
+            foreign_interface(&v1).as_deref(),
+            Some("testflinger:connector/log@1.0.0")
+        );
     }
 }

@@ -132,14 +132,18 @@ impl RunDir {
         Ok(out)
     }
 
-    /// Opens `attachments/<phase>/<name>` for reading, refusing escapes and
-    /// symlinks.
+    /// Opens `attachments/<phase>/<name>` for reading, refusing escapes,
+    /// symlinks and anything but a regular file.
     pub fn open_attachment(&self, phase: &str, name: &str) -> Result<(File, u64), PathError> {
         let dir = self.attachments_dir(phase)?;
         let path = resolve_below(&self.root, &dir, name)?;
+        // O_NONBLOCK: opening a FIFO for reading would otherwise block until
+        // a writer appears, stalling the whole stage (its timeout included)
+        // on the single-threaded executor. It changes nothing for the
+        // regular files that are accepted below.
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .map_err(|e| map_open_error(name, e))?;
         let meta = file.metadata().map_err(|e| PathError::Io(name.into(), e))?;
@@ -395,6 +399,26 @@ mod tests {
         assert!(matches!(
             rd.read_attachment("provision", "sub/ok.img", 2),
             Err(ReadError::TooBig { .. })
+        ));
+        // A FIFO is refused at once instead of blocking until a writer
+        // opens it.
+        let fifo = std::ffi::CString::new(att.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: plain libc call with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rd2 = rd.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(rd2.open_attachment("provision", "fifo").map(|_| ()));
+        });
+        let result = rx.recv_timeout(std::time::Duration::from_secs(5));
+        if result.is_err() {
+            // Unblock the reader so the thread ends, then fail.
+            let _ = fs::OpenOptions::new().write(true).open(att.join("fifo"));
+            panic!("opening a FIFO attachment blocked");
+        }
+        assert!(matches!(
+            result.unwrap(),
+            Err(PathError::Refused(_, "not a regular file"))
         ));
         fs::create_dir_all(t.path().join("artifacts")).unwrap();
         std::os::unix::fs::symlink("/tmp", t.path().join("artifacts/out")).unwrap();

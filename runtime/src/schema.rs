@@ -141,8 +141,9 @@ fn article(ty: &str) -> String {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 40 {
-        format!("{}...", &s[..40])
+    // Characters, not bytes: a byte cut could split a UTF-8 sequence.
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
     } else {
         s
     }
@@ -185,5 +186,19 @@ mod tests {
         let p = validate("provision_data", &open, Some(&json!({"zz": 1}))).unwrap();
         assert_eq!(p, vec!["provision_data.skip is required (bool)"]);
         assert!(validate("x", &schema("a = \"wat\"\n"), Some(&json!({"a": 1}))).is_err());
+    }
+
+    /// A long non-ASCII value is shortened on a character boundary (a byte
+    /// cut panicked; found by the `schema` fuzz target).
+    #[test]
+    fn long_values_are_shortened_on_char_boundaries() {
+        let p = validate(
+            "provision_data",
+            &schema("media = \"sd|usb\"\n"),
+            Some(&json!({"media": "é".repeat(50)})),
+        )
+        .unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].ends_with(&format!("\"{}...", "é".repeat(39))), "{}", p[0]);
     }
 }

@@ -13,8 +13,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     if t.is_empty() {
         return None;
     }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    // Digits only: `u64::from_str` would also take a leading `+`, which
+    // no other form (nor `parse_size`) accepts.
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<u64>().ok().map(Duration::from_secs);
     }
     let mut total: u64 = 0;
     let mut number = String::new();
@@ -119,7 +121,8 @@ mod tests {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("2h30m"), Some(Duration::from_secs(9000)));
         assert_eq!(parse_duration("1d5h"), Some(Duration::from_secs(104_400)));
-        for bad in ["", "h", "5x", "30m2h", "1h1h", "-5", "5 m"] {
+        // "+5" was accepted (found by the `units` fuzz target).
+        for bad in ["", "h", "5x", "30m2h", "1h1h", "-5", "5 m", "+5", "+5m"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
@@ -131,5 +134,6 @@ mod tests {
         assert_eq!(parse_size("100"), Some(100));
         assert_eq!(parse_size("1.5G"), None);
         assert_eq!(parse_size("9999999999999T"), None);
+        assert_eq!(parse_size("+5"), None);
     }
 }

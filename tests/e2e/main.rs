@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod compat;
 mod fake_connector;
+mod hostile;
 mod lab;
 mod labsim;
 mod maas2;

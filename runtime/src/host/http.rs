@@ -3,6 +3,7 @@
 use super::{HostError, HostState, duration_ms, parse_options};
 use crate::bindings::http::{Host, Request, Response};
 use crate::capability::Capability;
+use crate::context::StageContext;
 use crate::http::{self as client, HttpError};
 
 impl From<HttpError> for HostError {
@@ -11,7 +12,9 @@ impl From<HttpError> for HostError {
             HttpError::UnknownEndpoint(_) | HttpError::NotConfigured { .. } => {
                 HostError::not_found(e.to_string())
             }
-            HttpError::NotAJobUrl(_) => HostError::denied(e.to_string()),
+            HttpError::NotAJobUrl(_) | HttpError::Redirect { .. } => {
+                HostError::denied(e.to_string())
+            }
             HttpError::Invalid(_)
             | HttpError::BadConfig { .. }
             | HttpError::OwnAuthorization(_) => HostError::invalid(e.to_string()),
@@ -22,6 +25,16 @@ impl From<HttpError> for HostError {
             )),
         }
     }
+}
+
+/// Checks a URL a connector wants fetched (by `http.fetch` or a
+/// transfer): it must be one the job provides, and covered by the lab's
+/// URL grants if there are any. Denials are audited.
+pub fn check_fetch_url(cx: &StageContext, cap: Capability, url: &str) -> Result<(), HostError> {
+    if let Err(e) = cx.http.check_job_url(url) {
+        return Err(cx.gate.deny(cap, &client::redact_url(url), e.into()));
+    }
+    cx.gate.check_url(cap, url)
 }
 
 impl HostState {
@@ -63,7 +76,8 @@ impl Host for HostState {
         let mut req = req;
         self.cx.http.sign(&endpoint, &mut req.headers)?;
         let cx = self.cx.clone();
-        let call = cx.gate.begin("http.call", &url);
+        let shown = client::redact_url(&url);
+        let call = cx.gate.begin("http.call", &shown);
         call.end(self.send_http(url.clone(), req).await)
     }
 
@@ -74,12 +88,12 @@ impl Host for HostState {
     ) -> Result<Response, HostError> {
         parse_options(&opts, &[], "http.fetch")?;
         self.cx.gate.check(Capability::Http, "job-urls")?;
-        self.cx.http.check_job_url(&req.url)?;
-        self.cx.gate.check_url(Capability::Http, &req.url)?;
+        check_fetch_url(&self.cx, Capability::Http, &req.url)?;
         let url = req.url.clone();
         let cx = self.cx.clone();
-        let call = cx.gate.begin("http.fetch", &url);
-        call.end(self.send_http(url.clone(), req).await)
+        let shown = client::redact_url(&url).into_owned();
+        let call = cx.gate.begin("http.fetch", &shown);
+        call.end(self.send_http(url, req).await)
     }
 }
 

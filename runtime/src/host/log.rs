@@ -13,9 +13,14 @@ pub struct LogState {
 }
 
 impl HostState {
+    /// Bytes the connector may still log in this stage.
+    pub(crate) fn log_remaining(&self) -> u64 {
+        self.cx.limits.max_log_bytes.saturating_sub(self.log.bytes)
+    }
+
     /// Counts `len` bytes against the log-volume limit; past it the phase
     /// ends (a connector flooding the agent's log is misbehaving).
-    fn account_log(&mut self, len: usize) -> wasmtime::Result<()> {
+    pub(crate) fn account_log(&mut self, len: usize) -> wasmtime::Result<()> {
         self.log.bytes = self.log.bytes.saturating_add(len as u64);
         let max = self.cx.limits.max_log_bytes;
         if self.log.bytes > max {

@@ -23,8 +23,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::types::Error as WitError;
 use crate::context::StageContext;
 
-/// Bytes of guest stderr kept (panic messages end up there).
-const GUEST_STDERR_CAP: usize = 64 * 1024;
+/// Bytes of guest stderr kept (panic messages end up there). Writes past
+/// it fail, which makes Rust's `eprintln!` panic.
+pub const GUEST_STDERR_CAP: usize = 64 * 1024;
+/// Bytes of guest stderr quoted in a failure message: the end, where a
+/// panic message is.
+const GUEST_STDERR_QUOTE: usize = 2 * 1024;
 
 /// What a host call returns on failure: an error value for the guest, or a
 /// trap that ends the phase (guest misuse, a limit that cannot be
@@ -142,6 +146,8 @@ pub struct HostState {
     pub cx: Arc<StageContext>,
     /// Per-store log accounting.
     pub log: log::LogState,
+    /// Per-store accounting of `write-artifact` bytes.
+    pub artifacts: job::ArtifactState,
     stderr: MemoryOutputPipe,
 }
 
@@ -170,6 +176,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             log: log::LogState::default(),
+            artifacts: job::ArtifactState::default(),
             cx,
             stderr,
         }
@@ -180,6 +187,35 @@ impl HostState {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_string()
+    }
+
+    /// What a failure message says about the guest's stderr: its last
+    /// bytes (a panic message), and whether it filled up. Empty when the
+    /// guest wrote nothing.
+    pub fn guest_stderr_report(&self) -> String {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        if text.is_empty() {
+            return String::new();
+        }
+        let mut start = text.len().saturating_sub(GUEST_STDERR_QUOTE);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        let quoted = &text[start..];
+        // Writes that do not fit are refused whole, so a full pipe may
+        // hold a little less than its capacity.
+        let full = bytes.len() + 4096 > GUEST_STDERR_CAP;
+        match (start > 0, full) {
+            (_, true) => format!(
+                "; the connector's stderr is full ({} of {} KiB; further writes fail, which makes eprintln! panic: log through the log interface instead); its end: ...{quoted}",
+                bytes.len() >> 10,
+                GUEST_STDERR_CAP >> 10
+            ),
+            (true, false) => format!("; connector stderr (end): ...{quoted}"),
+            (false, false) => format!("; connector stderr: {quoted}"),
+        }
     }
 
     /// The resource table.
@@ -248,4 +284,39 @@ pub fn bool_option(value: Option<&str>, default: bool, name: &str) -> Result<boo
             "option `{name}` must be `true` or `false`, got `{other}`"
         ))),
     }
+}
+
+/// A host state for unit tests of host functions: run directory `dir`,
+/// device config `config` (YAML), `limits`, and `caps` both declared and
+/// granted.
+#[cfg(test)]
+pub(crate) fn test_state(
+    dir: &std::path::Path,
+    config: &str,
+    limits: crate::limits::Limits,
+    caps: &[(crate::capability::Capability, &str)],
+) -> HostState {
+    use crate::capability::{CapabilitySet, Gate, Subject};
+    let mut set = CapabilitySet::new();
+    for (cap, name) in caps {
+        set.entry(*cap).or_default().insert(name.to_string());
+    }
+    let cx = crate::context::StageContext::new(crate::context::StageSpec {
+        stage: crate::stage::Stage::Provision,
+        provision_type: "test".into(),
+        connector: crate::context::ConnectorInfo {
+            name: "test-connector".into(),
+            version: "1.0.0".into(),
+            digest: String::new(),
+            wit: crate::bindings::WIT_VERSION.into(),
+        },
+        config: crate::config::DeviceConfig::parse(std::path::Path::new("default.yaml"), config)
+            .unwrap(),
+        job: crate::job_file::JobFile::empty(),
+        rundir: crate::rundir::RunDir::new(dir),
+        limits,
+        gate: Gate::new(Subject::default(), set.clone(), set, vec![], "the lab file"),
+    })
+    .unwrap();
+    HostState::new(cx)
 }

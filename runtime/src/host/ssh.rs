@@ -14,7 +14,6 @@ use super::{HostError, HostState, audited, bool_option, duration_ms, parse_optio
 use crate::bindings::ssh::{ExecResult, Host, HostSession};
 use crate::capability::Capability;
 use crate::context::StageContext;
-use crate::rundir::PathError;
 use crate::ssh::{Connection, SessionSlot};
 
 /// The host side of a `session` resource.
@@ -58,13 +57,19 @@ impl HostSession for HostState {
         self.cx.gate.check(Capability::Ssh, conn.target())?;
         let timeout = self.ssh_deadline(timeout);
         let cx = self.cx.clone();
-        audited(
+        // Output lines the host logs for the connector count against its
+        // log volume, or a loop of `exec` would flood the agent's log.
+        let budget = self.log_remaining();
+        let mut logged = 0u64;
+        let result = audited(
             &cx,
             "ssh.exec",
             conn.target(),
-            exec_on(&cx, &conn, command, timeout, opts),
+            exec_on(&cx, &conn, command, timeout, opts, budget, &mut logged),
         )
-        .await
+        .await;
+        self.account_log(usize::try_from(logged).unwrap_or(usize::MAX))?;
+        result
     }
 
     async fn upload(
@@ -126,10 +131,7 @@ impl HostSession for HostState {
             .cx
             .rundir
             .artifact_path(&artifact)
-            .map_err(|e| match e {
-                PathError::Io(..) => HostError::io(e.to_string()),
-                _ => HostError::invalid(e.to_string()),
-            })?;
+            .map_err(|e| self.path_error("ssh.download-artifact", &artifact, e))?;
         let timeout = self.ssh_deadline(timeout);
         let cx = self.cx.clone();
         audited(&cx, "ssh.download-artifact", conn.target(), async {
@@ -149,19 +151,35 @@ impl HostSession for HostState {
     }
 }
 
+/// Runs `command`; with `log-output`, logs its output lines while they
+/// fit in `budget` bytes and counts them all in `logged`.
 async fn exec_on(
     cx: &StageContext,
     conn: &Connection,
     command: String,
     timeout: Duration,
     opts: Vec<(String, String)>,
+    budget: u64,
+    logged: &mut u64,
 ) -> Result<ExecResult, HostError> {
     let opts = parse_options(&opts, &["log-output"], "ssh exec")?;
     let log_output = bool_option(opts.get("log-output").copied(), true, "log-output")?;
-    let out = conn
-        .exec(&command, timeout, log_output)
-        .instrument(span("exec", conn.target()))
-        .await?;
+    let out = if log_output {
+        let target = conn.target().to_string();
+        let mut on_line = |_stream: crate::ssh::OutputStream, line: &str| {
+            *logged = logged.saturating_add(line.len() as u64 + 1);
+            if *logged <= budget {
+                tracing::info!(target: "tfdc::ssh", ssh_target = %target, "{line}");
+            }
+        };
+        conn.exec_streaming(&command, timeout, &mut on_line)
+            .instrument(span("exec", conn.target()))
+            .await?
+    } else {
+        conn.exec(&command, timeout, false)
+            .instrument(span("exec", conn.target()))
+            .await?
+    };
     let max = cx.limits.max_return_bytes;
     if (out.stdout.len() + out.stderr.len()) as u64 > max {
         return Err(HostError::limit(format!(
@@ -337,6 +355,37 @@ mod tests {
             "denied"
         );
         assert!(s.dut.logins().is_empty());
+    }
+
+    /// Output lines logged for the connector count against its log
+    /// volume: a loop of chatty commands ends like a loop of log calls.
+    #[tokio::test]
+    async fn logged_output_counts_against_the_log_limit() {
+        let s = setup();
+        let chatty = "yes line-of-output | head -n 40";
+        let mut st = state(&s, "{limits: {max_log_bytes: 1000}}");
+        let r = Host::connect(&mut st, "device".into(), T, vec![])
+            .await
+            .unwrap();
+        HostSession::exec(&mut st, dup(&r), chatty.into(), T, vec![])
+            .await
+            .unwrap();
+        let err = HostSession::exec(&mut st, dup(&r), chatty.into(), T, vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "trap");
+        assert!(err.to_string().contains("log volume limit"), "{err}");
+        // Output kept quiet is not logged, so it does not count.
+        let mut st = state(&s, "{limits: {max_log_bytes: 100}}");
+        let r = Host::connect(&mut st, "device".into(), T, vec![])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let quiet = vec![("log-output".to_string(), "false".to_string())];
+            HostSession::exec(&mut st, dup(&r), chatty.into(), T, quiet)
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]
