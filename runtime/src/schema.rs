@@ -199,6 +199,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.len(), 1);
-        assert!(p[0].ends_with(&format!("\"{}...", "é".repeat(39))), "{}", p[0]);
+        assert!(
+            p[0].ends_with(&format!("\"{}...", "é".repeat(39))),
+            "{}",
+            p[0]
+        );
     }
 }
