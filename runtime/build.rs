@@ -49,7 +49,8 @@ fn main() {
             .collect();
         let _ = writeln!(
             out,
-            "    Embedded {{ name: {name:?}, provision_types: &[{}], digest: {digest:?}, bytes: include_bytes!({:?}) }},",
+            "    Embedded {{ name: {name:?}, version: {:?}, provision_types: &[{}], digest: {digest:?}, bytes: include_bytes!({:?}) }},",
+            package_version(dir, &workspace),
             types.join(", "),
             wasm.display().to_string()
         );

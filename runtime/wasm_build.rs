@@ -83,6 +83,20 @@ pub fn crates_in(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The `version` of a crate's `[package]` (following `version.workspace`).
+pub fn package_version(crate_dir: &Path, workspace: &Path) -> String {
+    let text = std::fs::read_to_string(crate_dir.join("Cargo.toml")).expect("reading Cargo.toml");
+    let value: toml::Table = toml::from_str(&text).expect("parsing Cargo.toml");
+    match &value["package"]["version"] {
+        toml::Value::String(v) => v.clone(),
+        _ => {
+            let root = std::fs::read_to_string(workspace.join("Cargo.toml")).expect("reading the workspace Cargo.toml");
+            let root: toml::Table = toml::from_str(&root).expect("parsing the workspace Cargo.toml");
+            root["workspace"]["package"]["version"].as_str().expect("workspace.package.version").to_string()
+        }
+    }
+}
+
 /// The `name` of a crate's `[package]`.
 pub fn package_name(crate_dir: &Path) -> String {
     let text = std::fs::read_to_string(crate_dir.join("Cargo.toml")).expect("reading Cargo.toml");

@@ -43,12 +43,12 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Self {
+        Self::with_config("agent_name: bench\ndevice_ip: 192.0.2.1\n")
+    }
+
+    fn with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("default.yaml"),
-            "agent_name: bench\ndevice_ip: 192.0.2.1\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("default.yaml"), config).unwrap();
         std::fs::write(
             dir.path().join("testflinger.json"),
             r#"{"job_id":"bench","provision_data":{"url":"http://x/y"}}"#,
@@ -68,7 +68,10 @@ impl Scratch {
 }
 
 fn bench_process(runs: usize, label: &str, args: &[&str]) {
-    let scratch = Scratch::new();
+    bench_process_in(runs, label, args, &Scratch::new());
+}
+
+fn bench_process_in(runs: usize, label: &str, args: &[&str], scratch: &Scratch) {
     let mut cold = Vec::new();
     let mut cold_rss = Vec::new();
     for i in 0..runs.min(10) {
@@ -97,6 +100,66 @@ fn bench_process(runs: usize, label: &str, args: &[&str]) {
         median(warm).as_secs_f64() * 1e3,
         warm_rss[warm_rss.len() / 2] as f64 / 1024.0,
     );
+}
+
+/// `noprovision provision` against a simulated device that answers (the
+/// common case: one SSH login and `/bin/true`).
+fn bench_noprovision(runs: usize) {
+    let dut = labsim::dut::Dut::start("127.0.0.3").unwrap();
+    let scratch = Scratch::with_config(&format!("agent_name: bench\ndevice_ip: {}\n", dut.ip()));
+    dut.configure_client(scratch.dir.path()).unwrap();
+    bench_process_in(
+        runs,
+        "noprovision provision (SSH probe)",
+        &[
+            "noprovision",
+            "provision",
+            "-c",
+            "default.yaml",
+            "testflinger.json",
+        ],
+        &scratch,
+    );
+}
+
+/// One more `exec` on an already open SSH connection.
+fn bench_exec(runs: usize) {
+    let dut = labsim::dut::Dut::start("127.0.0.3").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    dut.configure_client(home.path()).unwrap();
+    let config = tfdc::config::DeviceConfig::parse(
+        Path::new("d.yaml"),
+        &format!("device_ip: {}\n", dut.ip()),
+    )
+    .unwrap();
+    let job = tfdc::job_file::JobFile::empty();
+    let limits = tfdc::limits::Limits::default();
+    let pool = tfdc::ssh::SshPool::new(&config, &job, &limits)
+        .unwrap()
+        .with_home(home.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = Duration::from_secs(10);
+        let start = Instant::now();
+        let conn = pool.connect("device", None, t).await.unwrap();
+        let connect = start.elapsed();
+        let mut times = Vec::new();
+        for _ in 0..runs.max(10) {
+            let start = Instant::now();
+            let out = conn.exec("true", t, false).await.unwrap();
+            times.push(start.elapsed());
+            assert_eq!(out.status, 0);
+        }
+        println!(
+            "{:<34} connect+auth {:>6.2} ms   one more exec {:>6.2} ms (median, device runs /bin/sh -c true)",
+            "ssh (russh client, simulated DUT)",
+            connect.as_secs_f64() * 1e3,
+            median(times).as_secs_f64() * 1e3
+        );
+    });
 }
 
 fn bench_python(runs: usize) {
@@ -215,10 +278,12 @@ fn main() {
             "testflinger.json",
         ],
     );
+    bench_noprovision(runs);
     bench_python(runs.min(10));
     println!("== compile vs cached load, in-process");
     bench_compile(runs);
     println!("== host-call overhead");
     bench_gate();
+    bench_exec(runs);
     let _ = PathBuf::new();
 }

@@ -19,6 +19,17 @@ pub fn version_text() -> String {
     )
 }
 
+/// `-c/--config CONFIG`, required.
+fn config_arg() -> Arg {
+    Arg::new("config")
+        .short('c')
+        .long("config")
+        .required(true)
+        .value_name("CONFIG")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help("Device connector configuration (default.yaml)")
+}
+
 fn stage_command(stage: Stage) -> Command {
     let about = match stage {
         Stage::Provision => "Put the job's image on the device",
@@ -30,15 +41,7 @@ fn stage_command(stage: Stage) -> Command {
     };
     let mut cmd = Command::new(stage.cli_name())
         .about(about)
-        .arg(
-            Arg::new("config")
-                .short('c')
-                .long("config")
-                .required(true)
-                .value_name("CONFIG")
-                .value_parser(clap::value_parser!(PathBuf))
-                .help("Device connector configuration (default.yaml)"),
-        )
+        .arg(config_arg())
         .arg(
             Arg::new("job_data")
                 .required(true)
@@ -100,13 +103,7 @@ pub fn command() -> Command {
                 .about("Before any job runs, and touching no device: compare what a connector declares with the lab's grants and the device config, and validate a job's stage data")
                 .arg(Arg::new("type").required(true).value_name("PROVISION_TYPE"))
                 .arg(
-                    Arg::new("config")
-                        .short('c')
-                        .long("config")
-                        .required(true)
-                        .value_name("CONFIG")
-                        .value_parser(clap::value_parser!(PathBuf))
-                        .help("Device connector configuration (default.yaml)"),
+                    config_arg(),
                 )
                 .arg(
                     Arg::new("job")

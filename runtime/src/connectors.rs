@@ -16,6 +16,8 @@ include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 pub struct Embedded {
     /// Connector (crate) name.
     pub name: &'static str,
+    /// Connector (crate) version.
+    pub version: &'static str,
     /// Provision types it serves.
     pub provision_types: &'static [&'static str],
     /// `sha256:<hex>` of `bytes`, computed at build time.

@@ -2,7 +2,9 @@
 //! simulated lab of `tf-labsim`.
 
 mod cache;
+mod cli;
 mod common;
+mod compat;
 mod fake_connector;
 mod noprovision;
 mod pinning;

@@ -296,3 +296,57 @@ fn secrets_are_not_available_to_templates() {
     );
     assert!(!message.contains(secret));
 }
+
+#[test]
+fn the_serial_console_is_captured_while_tests_run() {
+    let serial = labsim::serial::SerialServer::start("127.0.0.1").unwrap();
+    let rd = RunDir::new();
+    rd.write(
+        "default.yaml",
+        &format!(
+            "agent_name: agent-rt\nserial_host: {}\nserial_port: {}\n",
+            serial.host(),
+            serial.port()
+        ),
+    );
+    // The test command waits until the console connection is up, then the
+    // device prints; the capture must hold it all by the end of the stage.
+    let marker = rd.path().join("go");
+    rd.write(
+        "testflinger.json",
+        &json!({"job_id": "j-serial", "test_data": {"test_cmds": [
+            format!("for i in $(seq 50); do [ -e {0} ] && break; sleep 0.1; done; test -e {0}", marker.display())
+        ]}})
+        .to_string(),
+    );
+    let child = rd
+        .command(&[
+            "fake_connector",
+            "runtest",
+            "-c",
+            "default.yaml",
+            "testflinger.json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(serial.wait_accepted(1, std::time::Duration::from_secs(10)));
+    serial.push("[  OK  ] Reached target Multi-User System.\ndut login: ");
+    // Let the stage finish once the capture has written what was printed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(rd.path().join("test-serial.log"))
+        .is_ok_and(|t| t.contains("dut login:"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::write(&marker, "").unwrap();
+    let run = crate::common::finish(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0);
+    assert!(
+        rd.read("test-serial.log").contains("dut login:"),
+        "{}",
+        rd.read("test-serial.log")
+    );
+}

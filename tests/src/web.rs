@@ -515,6 +515,23 @@ async fn answer(
     builder.body(body).expect("valid response")
 }
 
+/// A plain `GET` over a fresh TCP connection, returning the raw response
+/// (status line, headers and body): for tests of the servers themselves.
+pub fn raw_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 /// Response body with optional pacing and truncation, or streamed.
 pub struct ReplyBody {
     remaining: Bytes,
@@ -643,19 +660,9 @@ impl Body for ReplyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
     fn get(addr: SocketAddr, path: &str) -> String {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        raw_get(&addr.to_string(), path)
     }
 
     #[test]

@@ -23,6 +23,20 @@ fn load_existing(path: &Path) -> Result<LoadedLab, CommandError> {
     LoadedLab::load(path).map_err(|e| CommandError::new(e.to_string()))
 }
 
+/// The pin of `provision_type`, or an error saying it is not pinned.
+fn pinned(lab: &LoadedLab, provision_type: &str, hint: &str) -> Result<Pin, CommandError> {
+    lab.file
+        .connectors
+        .get(provision_type)
+        .cloned()
+        .ok_or_else(|| {
+            CommandError::new(format!(
+                "{provision_type} is not pinned in {}{hint}",
+                lab.path.display()
+            ))
+        })
+}
+
 fn check_fetched(f: &Fetched, provision_type: &str) -> Result<(), CommandError> {
     if !crate::run::wit_compatible(&f.manifest.wit) {
         return Err(CommandError::new(format!(
@@ -175,12 +189,7 @@ pub async fn diff(
     source: &str,
 ) -> Result<String, CommandError> {
     let lab = load_existing(lab_path)?;
-    let pin = lab.file.connectors.get(provision_type).ok_or_else(|| {
-        CommandError::new(format!(
-            "{provision_type} is not pinned in {}",
-            lab_path.display()
-        ))
-    })?;
+    let pin = &pinned(&lab, provision_type, "")?;
     let f = fetch(source, provision_type, &Store::new(lab.store_dir())).await?;
     let old = pinned_declared(&lab, pin).unwrap_or_default();
     let (added, removed) = caps_diff(&old, &f.manifest.declared());
@@ -206,17 +215,7 @@ pub async fn update(
     grant_new: bool,
 ) -> Result<String, CommandError> {
     let mut lab = load_existing(lab_path)?;
-    let old = lab
-        .file
-        .connectors
-        .get(provision_type)
-        .cloned()
-        .ok_or_else(|| {
-            CommandError::new(format!(
-                "{provision_type} is not pinned in {}; use `lab add`",
-                lab_path.display()
-            ))
-        })?;
+    let old = pinned(&lab, provision_type, "; use `lab add`")?;
     let f = fetch(source, provision_type, &Store::new(lab.store_dir())).await?;
     check_fetched(&f, provision_type)?;
     let new_declared = f.manifest.declared();
@@ -278,17 +277,7 @@ pub async fn update(
 /// `lab rollback <type>`: swaps the pin with the one before the last update.
 pub fn rollback(lab_path: &Path, provision_type: &str) -> Result<String, CommandError> {
     let mut lab = load_existing(lab_path)?;
-    let current = lab
-        .file
-        .connectors
-        .get(provision_type)
-        .cloned()
-        .ok_or_else(|| {
-            CommandError::new(format!(
-                "{provision_type} is not pinned in {}",
-                lab_path.display()
-            ))
-        })?;
+    let current = pinned(&lab, provision_type, "")?;
     let Some(previous) = current.previous.clone() else {
         return Err(CommandError::new(format!(
             "{provision_type} has no previous pin to roll back to"
@@ -312,12 +301,8 @@ pub fn rollback(lab_path: &Path, provision_type: &str) -> Result<String, Command
 /// `lab remove <type>`.
 pub fn remove(lab_path: &Path, provision_type: &str) -> Result<String, CommandError> {
     let mut lab = load_existing(lab_path)?;
-    let pin = lab.file.connectors.remove(provision_type).ok_or_else(|| {
-        CommandError::new(format!(
-            "{provision_type} is not pinned in {}",
-            lab_path.display()
-        ))
-    })?;
+    let pin = pinned(&lab, provision_type, "")?;
+    lab.file.connectors.remove(provision_type);
     lab.save().map_err(|e| CommandError::new(e.to_string()))?;
     Ok(format!(
         "removed {provision_type} ({} {}); {}\n",
@@ -358,7 +343,7 @@ pub fn list(lab: Option<&LoadedLab>) -> String {
         {
             Some((
                 e.name.into(),
-                env!("CARGO_PKG_VERSION").into(),
+                e.version.into(),
                 e.digest.into(),
                 "embedded".into(),
             ))

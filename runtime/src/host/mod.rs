@@ -197,6 +197,18 @@ impl WasiView for HostState {
     }
 }
 
+/// Runs `call` as an outward call of the connector: its outcome and
+/// duration go to the audit trail as `operation` on `target`.
+pub async fn audited<T>(
+    cx: &StageContext,
+    operation: &str,
+    target: &str,
+    call: impl std::future::Future<Output = Result<T, HostError>>,
+) -> Result<T, HostError> {
+    let audit = cx.gate.begin(operation, target);
+    audit.end(call.await)
+}
+
 /// Converts a duration in milliseconds from the guest, refusing absurd
 /// values instead of overflowing.
 pub fn duration_ms(ms: u64) -> std::time::Duration {

@@ -33,8 +33,12 @@ impl HostPort for HostState {
     ) -> Result<String, HostError> {
         let timeout = self.serial_timeout(timeout);
         let max = self.cx.limits.max_return_bytes;
+        let cx = self.cx.clone();
         let handle = self.table().get(&this)?;
-        let text = handle.port.wait_for(&pattern, timeout).await?;
+        let text = super::audited(&cx, "serial.wait-for", &handle.name, async {
+            Ok(handle.port.wait_for(&pattern, timeout).await?)
+        })
+        .await?;
         if text.len() as u64 > max {
             return Err(HostError::limit(format!(
                 "serial match on `{}` is {} bytes, over limits.max_return_bytes ({max}); use a narrower pattern",
@@ -58,8 +62,12 @@ impl HostPort for HostState {
                 data.len()
             )));
         }
+        let cx = self.cx.clone();
         let handle = self.table().get(&this)?;
-        Ok(handle.port.write(&data, timeout).await?)
+        super::audited(&cx, "serial.write", &handle.name, async {
+            Ok(handle.port.write(&data, timeout).await?)
+        })
+        .await
     }
 
     async fn drop(&mut self, this: Resource<PortHandle>) -> wasmtime::Result<()> {
@@ -71,7 +79,11 @@ impl HostPort for HostState {
 impl Host for HostState {
     async fn open(&mut self, name: String) -> Result<Resource<PortHandle>, HostError> {
         self.cx.gate.check(Capability::Serial, &name)?;
-        let port = self.cx.serial.open(&name)?;
+        let cx = self.cx.clone();
+        let port = super::audited(&cx, "serial.open", &name, async {
+            Ok(cx.serial.open(&name)?)
+        })
+        .await?;
         Ok(self.table().push(PortHandle { name, port })?)
     }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use tracing::Instrument;
 use wasmtime::component::Resource;
 
-use super::{HostError, HostState, bool_option, duration_ms, parse_options};
+use super::{HostError, HostState, audited, bool_option, duration_ms, parse_options};
 use crate::bindings::ssh::{ExecResult, Host, HostSession};
 use crate::capability::Capability;
+use crate::context::StageContext;
 use crate::rundir::PathError;
 use crate::ssh::{Connection, SessionSlot};
 
@@ -55,25 +56,15 @@ impl HostSession for HostState {
     ) -> Result<ExecResult, HostError> {
         let conn = self.session_conn(&this)?;
         self.cx.gate.check(Capability::Ssh, conn.target())?;
-        let opts = parse_options(&opts, &["log-output"], "ssh exec")?;
-        let log_output = bool_option(opts.get("log-output").copied(), true, "log-output")?;
         let timeout = self.ssh_deadline(timeout);
-        let out = conn
-            .exec(&command, timeout, log_output)
-            .instrument(span("exec", conn.target()))
-            .await?;
-        let max = self.cx.limits.max_return_bytes;
-        if (out.stdout.len() + out.stderr.len()) as u64 > max {
-            return Err(HostError::limit(format!(
-                "output of `{command}` on {} is more than {max} bytes (limits.max_return_bytes in the lab file raises it)",
-                conn.target()
-            )));
-        }
-        Ok(ExecResult {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        let cx = self.cx.clone();
+        audited(
+            &cx,
+            "ssh.exec",
+            conn.target(),
+            exec_on(&cx, &conn, command, timeout, opts),
+        )
+        .await
     }
 
     async fn upload(
@@ -87,10 +78,14 @@ impl HostSession for HostState {
         let conn = self.session_conn(&this)?;
         self.cx.gate.check(Capability::Ssh, conn.target())?;
         let timeout = self.ssh_deadline(timeout);
-        conn.upload(&path, &data, mode, timeout)
-            .instrument(span("upload", conn.target()))
-            .await?;
-        Ok(())
+        let cx = self.cx.clone();
+        audited(&cx, "ssh.upload", conn.target(), async {
+            conn.upload(&path, &data, mode, timeout)
+                .instrument(span("upload", conn.target()))
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn download(
@@ -103,15 +98,19 @@ impl HostSession for HostState {
         self.cx.gate.check(Capability::Ssh, conn.target())?;
         let timeout = self.ssh_deadline(timeout);
         let max = self.cx.limits.max_return_bytes;
-        conn.download(&path, timeout, max)
-            .instrument(span("download", conn.target()))
-            .await
-            .map_err(|e| match e {
-                crate::ssh::SshError::Limit(m) => HostError::limit(format!(
-                    "{m} (limits.max_return_bytes in the lab file raises it; download-artifact has no such limit)"
-                )),
-                other => other.into(),
-            })
+        let cx = self.cx.clone();
+        audited(&cx, "ssh.download", conn.target(), async {
+            conn.download(&path, timeout, max)
+                .instrument(span("download", conn.target()))
+                .await
+                .map_err(|e| match e {
+                    crate::ssh::SshError::Limit(m) => HostError::limit(format!(
+                        "{m} (limits.max_return_bytes in the lab file raises it; download-artifact has no such limit)"
+                    )),
+                    other => other.into(),
+                })
+        })
+        .await
     }
 
     async fn download_artifact(
@@ -132,11 +131,14 @@ impl HostSession for HostState {
                 _ => HostError::invalid(e.to_string()),
             })?;
         let timeout = self.ssh_deadline(timeout);
-        let size = conn
-            .download_to(&path, &dest, timeout, u64::MAX)
-            .instrument(span("download-artifact", conn.target()))
-            .await?;
-        Ok(size)
+        let cx = self.cx.clone();
+        audited(&cx, "ssh.download-artifact", conn.target(), async {
+            Ok(conn
+                .download_to(&path, &dest, timeout, u64::MAX)
+                .instrument(span("download-artifact", conn.target()))
+                .await?)
+        })
+        .await
     }
 
     async fn drop(&mut self, this: Resource<SessionHandle>) -> wasmtime::Result<()> {
@@ -145,6 +147,33 @@ impl HostSession for HostState {
         self.table().delete(this)?;
         Ok(())
     }
+}
+
+async fn exec_on(
+    cx: &StageContext,
+    conn: &Connection,
+    command: String,
+    timeout: Duration,
+    opts: Vec<(String, String)>,
+) -> Result<ExecResult, HostError> {
+    let opts = parse_options(&opts, &["log-output"], "ssh exec")?;
+    let log_output = bool_option(opts.get("log-output").copied(), true, "log-output")?;
+    let out = conn
+        .exec(&command, timeout, log_output)
+        .instrument(span("exec", conn.target()))
+        .await?;
+    let max = cx.limits.max_return_bytes;
+    if (out.stdout.len() + out.stderr.len()) as u64 > max {
+        return Err(HostError::limit(format!(
+            "output of `{command}` on {} is more than {max} bytes (limits.max_return_bytes in the lab file raises it)",
+            conn.target()
+        )));
+    }
+    Ok(ExecResult {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 impl Host for HostState {
@@ -156,38 +185,47 @@ impl Host for HostState {
     ) -> Result<Resource<SessionHandle>, HostError> {
         self.cx.gate.check(Capability::Ssh, &target)?;
         let opts = parse_options(&opts, &["user"], "ssh connect")?;
-        let user = opts.get("user").copied();
+        let user = opts.get("user").copied().map(str::to_string);
         let timeout = self.ssh_deadline(timeout);
         let slot = self.cx.ssh.open_session()?;
-        let conn = self
-            .cx
-            .ssh
-            .connect(&target, user, timeout)
-            .instrument(span("connect", &target))
-            .await?;
+        let cx = self.cx.clone();
+        let conn = audited(&cx, "ssh.connect", &target, async {
+            Ok(cx
+                .ssh
+                .connect(&target, user.as_deref(), timeout)
+                .instrument(span("connect", &target))
+                .await?)
+        })
+        .await?;
         Ok(self.table().push(SessionHandle { target, conn, slot })?)
     }
 
     async fn wait_reachable(&mut self, target: String, timeout: u64) -> Result<(), HostError> {
         self.cx.gate.check(Capability::Ssh, &target)?;
         let timeout = self.ssh_deadline(timeout);
-        self.cx
-            .ssh
-            .wait_reachable(&target, timeout)
-            .instrument(span("wait-reachable", &target))
-            .await?;
-        Ok(())
+        let cx = self.cx.clone();
+        audited(&cx, "ssh.wait-reachable", &target, async {
+            Ok(cx
+                .ssh
+                .wait_reachable(&target, timeout)
+                .instrument(span("wait-reachable", &target))
+                .await?)
+        })
+        .await
     }
 
     async fn authorize_key(&mut self, target: String, timeout: u64) -> Result<(), HostError> {
         self.cx.gate.check(Capability::Ssh, &target)?;
         let timeout = self.ssh_deadline(timeout);
-        self.cx
-            .ssh
-            .authorize_key(&target, timeout)
-            .instrument(span("authorize-key", &target))
-            .await?;
-        Ok(())
+        let cx = self.cx.clone();
+        audited(&cx, "ssh.authorize-key", &target, async {
+            Ok(cx
+                .ssh
+                .authorize_key(&target, timeout)
+                .instrument(span("authorize-key", &target))
+                .await?)
+        })
+        .await
     }
 }
 

@@ -49,6 +49,9 @@ impl Host for HostState {
         let src = service::Source::from(src);
         // The session itself was gated when it was opened.
         self.cx.gate.check(Capability::Transfer, src.grant())?;
+        if let service::Source::Url(url) = &src {
+            self.cx.gate.check_url(Capability::Transfer, url)?;
+        }
         let opts = options(&opts, "transfer.to-ssh")?;
         let timeout = duration_ms(timeout).min(self.cx.limits.host_call_timeout);
         let (conn, name) = {
@@ -56,10 +59,13 @@ impl Host for HostState {
             (session.conn.clone(), session.target.clone())
         };
         let cx = self.cx.clone();
-        let report = cx
-            .transfers
-            .to_ssh(&cx, &src, &conn, &name, &command, timeout, &opts)
-            .await?;
+        let report = super::audited(&cx, "transfer.to-ssh", &name, async {
+            Ok(cx
+                .transfers
+                .to_ssh(&cx, &src, &conn, &name, &command, timeout, &opts)
+                .await?)
+        })
+        .await?;
         Ok(report.into())
     }
 
@@ -72,13 +78,19 @@ impl Host for HostState {
     ) -> Result<Report, HostError> {
         let src = service::Source::from(src);
         self.cx.gate.check(Capability::Transfer, src.grant())?;
+        if let service::Source::Url(url) = &src {
+            self.cx.gate.check_url(Capability::Transfer, url)?;
+        }
         let opts = options(&opts, "transfer.to-artifact")?;
         let timeout = duration_ms(timeout).min(self.cx.limits.host_call_timeout);
         let cx = self.cx.clone();
-        let report = cx
-            .transfers
-            .to_artifact(&cx, &src, &name, timeout, &opts)
-            .await?;
+        let report = super::audited(&cx, "transfer.to-artifact", &name, async {
+            Ok(cx
+                .transfers
+                .to_artifact(&cx, &src, &name, timeout, &opts)
+                .await?)
+        })
+        .await?;
         Ok(report.into())
     }
 }
