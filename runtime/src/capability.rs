@@ -560,8 +560,14 @@ pub fn config_need(cap: Capability, name: &str) -> Option<ConfigNeed> {
     match (cap, name) {
         (Capability::Ssh, "device") => need(&["device_ip"], false),
         (Capability::Ssh, "control-host") => need(&["control_host"], false),
-        (Capability::Serial, "console") => need(&["serial_host", "serial_port"], false),
+        // Like the reference's serial logger, connectors capture the
+        // console only when the device has one.
+        (Capability::Serial, "console") => need(&["serial_host", "serial_port"], true),
         (Capability::Http, "control-host") => need(&["control_host"], true),
+        (Capability::Http, "maas") => need(
+            &[crate::maas_auth::URL_KEY, crate::maas_auth::API_KEY_KEY],
+            false,
+        ),
         (Capability::Http, "job-urls")
         | (Capability::Transfer, "job-urls")
         | (Capability::Transfer, "attachments") => need(&[], false),

@@ -1,6 +1,13 @@
 //! Outbound HTTP for connectors and for the runtime itself: named
 //! endpoints from the device config, URLs the job provides, and streaming
 //! downloads for `transfer`.
+//!
+//! Named endpoints:
+//! - `control-host`: `http://<control_host>:8000` (or
+//!   `connector_runtime.control_host_url`);
+//! - `maas`: the MAAS region API at `maas_url` (e.g.
+//!   `http://maas.lab:5240/MAAS`); every request is signed by the host with
+//!   the device's `maas_api_key` ([`crate::maas_auth`]).
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
@@ -10,6 +17,7 @@ use futures::StreamExt;
 
 use crate::config::DeviceConfig;
 use crate::job_file::JobFile;
+use crate::maas_auth::{self, MaasCredentials};
 
 /// Port of the control host's REST API (reference constant).
 pub const CONTROL_HOST_PORT: u16 = 8000;
@@ -17,10 +25,16 @@ pub const CONTROL_HOST_PORT: u16 = 8000;
 /// Why an HTTP exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("unknown HTTP endpoint `{0}`; known endpoints: control-host")]
+    #[error("unknown HTTP endpoint `{0}`; known endpoints: control-host, maas")]
     UnknownEndpoint(String),
     #[error("HTTP endpoint `{endpoint}` is not configured: set `{key}` in the device config")]
     NotConfigured { endpoint: String, key: String },
+    #[error("HTTP endpoint `{endpoint}` cannot be used: {message}")]
+    BadConfig { endpoint: String, message: String },
+    #[error(
+        "requests to HTTP endpoint `{0}` must not carry an Authorization header: the host signs them"
+    )]
+    OwnAuthorization(String),
     #[error("URL {0} is not one the job provides; connectors may only fetch URLs from the job")]
     NotAJobUrl(String),
     #[error("invalid request: {0}")]
@@ -80,6 +94,11 @@ pub struct HttpClient {
     extra_ca: Vec<std::path::PathBuf>,
     job_urls: BTreeSet<String>,
     control_host_base: Option<String>,
+    /// `maas_url`, checked when first used.
+    maas_base: Option<String>,
+    /// `maas_api_key`, parsed with the config; a malformed key is reported
+    /// when the endpoint is first used (naming the key, never its value).
+    maas_credentials: Option<Result<MaasCredentials, maas_auth::CredentialsError>>,
 }
 
 impl HttpClient {
@@ -104,6 +123,12 @@ impl HttpClient {
             extra_ca: config.runtime.extra_ca_certs.clone(),
             job_urls,
             control_host_base: control_host_base.map(|b| b.trim_end_matches('/').to_string()),
+            maas_base: config
+                .string(maas_auth::URL_KEY)
+                .map(|b| b.trim().trim_end_matches('/').to_string()),
+            maas_credentials: config
+                .string(maas_auth::API_KEY_KEY)
+                .map(|k| MaasCredentials::parse(&k)),
         })
     }
 
@@ -140,8 +165,61 @@ impl HttpClient {
                         key: "control_host".into(),
                     })
             }
+            "maas" => {
+                let base = self
+                    .maas_base
+                    .as_deref()
+                    .ok_or_else(|| HttpError::NotConfigured {
+                        endpoint: endpoint.into(),
+                        key: maas_auth::URL_KEY.into(),
+                    })?;
+                check_base_url(base).map_err(|problem| HttpError::BadConfig {
+                    endpoint: endpoint.into(),
+                    message: format!(
+                        "device config key `{}` {problem}; it must be the MAAS URL, like http://maas.example:5240/MAAS",
+                        maas_auth::URL_KEY
+                    ),
+                })?;
+                Ok(base)
+            }
             other => Err(HttpError::UnknownEndpoint(other.into())),
         }
+    }
+
+    /// Adds the credentials the host keeps for `endpoint` to `headers`
+    /// (today: the OAuth signature of `maas`). A connector may not bring
+    /// its own `Authorization` header to such an endpoint.
+    pub fn sign(
+        &self,
+        endpoint: &str,
+        headers: &mut Vec<(String, String)>,
+    ) -> Result<(), HttpError> {
+        if endpoint != "maas" {
+            return Ok(());
+        }
+        if headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(HttpError::OwnAuthorization(endpoint.into()));
+        }
+        let credentials = match &self.maas_credentials {
+            None => {
+                return Err(HttpError::NotConfigured {
+                    endpoint: endpoint.into(),
+                    key: maas_auth::API_KEY_KEY.into(),
+                });
+            }
+            Some(Err(e)) => {
+                return Err(HttpError::BadConfig {
+                    endpoint: endpoint.into(),
+                    message: e.to_string(),
+                });
+            }
+            Some(Ok(c)) => c,
+        };
+        headers.push(("authorization".into(), credentials.sign_now()));
+        Ok(())
     }
 
     /// Absolute URL of `path` on a named endpoint.
@@ -269,6 +347,19 @@ fn classify(method: &str, url: &str, timeout: Duration, e: reqwest::Error) -> Ht
     }
 }
 
+/// Checks that `base` is an absolute http(s) URL without query or
+/// fragment; the problem otherwise.
+fn check_base_url(base: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(base).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("has scheme `{}`, not http or https", url.scheme()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(())
+}
+
 /// Wraps an IPv6 literal in brackets for use in a URL.
 pub fn bracket_v6(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -310,7 +401,69 @@ mod tests {
         assert!(http.endpoint_url("control-host", "health").is_err());
         assert!(matches!(
             http.endpoint_url("maas", "/"),
+            Err(HttpError::NotConfigured { key, .. }) if key == "maas_url"
+        ));
+        assert!(matches!(
+            http.endpoint_url("bmc", "/"),
             Err(HttpError::UnknownEndpoint(_))
         ));
+        // Other endpoints are not signed.
+        let mut headers = vec![("authorization".to_string(), "Basic x".to_string())];
+        http.sign("control-host", &mut headers).unwrap();
+        assert_eq!(headers.len(), 1);
+    }
+
+    fn client(yaml: &str) -> HttpClient {
+        let config = DeviceConfig::parse(Path::new("c"), yaml).unwrap();
+        let job = JobFile::parse(Path::new("j"), "{}").unwrap();
+        HttpClient::new(&config, &job).unwrap()
+    }
+
+    #[test]
+    fn maas_requests_are_signed_by_the_host() {
+        let http = client("maas_url: http://maas:5240/MAAS/\nmaas_api_key: ck:tk:TOPSECRET\n");
+        assert_eq!(
+            http.endpoint_url("maas", "/api/2.0/version/").unwrap(),
+            "http://maas:5240/MAAS/api/2.0/version/"
+        );
+        let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+        http.sign("maas", &mut headers).unwrap();
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[1].0, "authorization");
+        assert!(
+            headers[1].1.starts_with("OAuth oauth_version=\"1.0\", oauth_signature_method=\"PLAINTEXT\", oauth_consumer_key=\"ck\", oauth_token=\"tk\", oauth_signature=\"&TOPSECRET\""),
+            "{}",
+            headers[1].1
+        );
+        // A connector cannot bring (or overwrite) the credentials.
+        let mut own = vec![("Authorization".to_string(), "OAuth forged".to_string())];
+        let err = http.sign("maas", &mut own).unwrap_err();
+        assert!(matches!(err, HttpError::OwnAuthorization(_)), "{err}");
+    }
+
+    #[test]
+    fn maas_configuration_problems_name_the_key_not_the_secret() {
+        let http = client("maas_url: http://maas:5240/MAAS\n");
+        let err = http.sign("maas", &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("set `maas_api_key`"), "{err}");
+        let http = client("maas_url: http://maas:5240/MAAS\nmaas_api_key: ck:TOPSECRET\n");
+        let err = http.sign("maas", &mut Vec::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("maas_api_key") && err.contains("2 part"),
+            "{err}"
+        );
+        assert!(!err.contains("TOPSECRET"), "{err}");
+        let http = client("maas_url: maas.lab:5240\nmaas_api_key: a:b:c\n");
+        let err = http
+            .endpoint_url("maas", "/api/2.0/")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maas_url") && err.contains("http://"), "{err}");
+        let http = client("maas_url: ftp://maas.lab/MAAS\n");
+        let err = http
+            .endpoint_url("maas", "/api/2.0/")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scheme `ftp`"), "{err}");
     }
 }

@@ -27,6 +27,7 @@ pub mod job_file;
 pub mod lab;
 pub mod limits;
 pub mod logging;
+pub mod maas_auth;
 pub mod manifest;
 pub mod power;
 pub mod run;

@@ -20,9 +20,11 @@
 //! power = ["reboot_script"]
 //! ```
 //!
-//! and one type implementing [`Connector`]:
+//! and one type implementing [`Connector`] (this is `connectors/noprovision`,
+//! abridged; the example is not compiled here because `export_connector!`
+//! reads the crate's own `connector.toml`):
 //!
-//! ```no_run
+//! ```ignore
 //! use std::time::Duration;
 //! use testflinger_connector::prelude::*;
 //!
@@ -192,6 +194,11 @@ macro_rules! export_connector {
         static __TF_CONNECTOR_MANIFEST: [u8; __TF_CONNECTOR_MANIFEST_TEXT.len()] =
             $crate::__manifest_bytes(__TF_CONNECTOR_MANIFEST_TEXT);
 
+        // Only referenced by the wasm32 export below; host builds (unit
+        // tests, `cargo build --workspace`) compile the impl but export
+        // nothing, because the component ABI's symbol names (with `:` and
+        // `@`) are not valid in a native linker's version script.
+        #[allow(dead_code)]
         struct __TfConnectorExport;
 
         impl $crate::bindings::exports::testflinger::connector::phases::Guest for __TfConnectorExport {
@@ -215,7 +222,17 @@ macro_rules! export_connector {
             }
         }
 
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_connector_world!(__TfConnectorExport with_types_in $crate::bindings);
+
+        /// Host builds: keeps the phase table (and so the connector type)
+        /// reachable, as the wasm export does, so that a native build of a
+        /// connector crate warns about exactly what the wasm build would.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __tf_connector_provision() -> ::core::result::Result<(), $crate::bindings::testflinger::connector::types::PhaseError> {
+            <__TfConnectorExport as $crate::bindings::exports::testflinger::connector::phases::Guest>::provision()
+        }
     };
 }
 

@@ -61,8 +61,20 @@ impl KeyServer {
 
     /// Starts a plain-HTTP key server on 127.0.0.1.
     pub fn start_http(keys: Keys) -> anyhow::Result<Self> {
+        Self::start_http_on("127.0.0.1", keys)
+    }
+
+    /// Starts an HTTPS key server on the loopback address `ip`.
+    pub fn start_on(ip: &str, keys: Keys) -> anyhow::Result<Self> {
         Ok(KeyServer {
-            web: WebServer::start("127.0.0.1", handler(keys))?,
+            web: WebServer::start_tls(ip, handler(keys))?,
+        })
+    }
+
+    /// Starts a plain-HTTP key server on the loopback address `ip`.
+    pub fn start_http_on(ip: &str, keys: Keys) -> anyhow::Result<Self> {
+        Ok(KeyServer {
+            web: WebServer::start(ip, handler(keys))?,
         })
     }
 

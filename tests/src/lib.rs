@@ -13,6 +13,8 @@ pub mod control_host;
 pub mod dut;
 pub mod image;
 pub mod keyserver;
+pub mod lab;
+pub mod maas;
 pub mod serial;
 pub mod tfserver;
 pub mod tls;

@@ -686,6 +686,7 @@ mod tests {
     }
 
     fn get_with(addr: SocketAddr, path: &str, header: &str) -> String {
+        use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(

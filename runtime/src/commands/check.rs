@@ -90,6 +90,11 @@ pub async fn check(
                         .filter(|k| !config_has(&config, cap, k))
                         .collect();
                     if missing.is_empty() {
+                        if let Some(problem) = config_problem(&config, cap, name) {
+                            problems += 1;
+                            config_lines += 1;
+                            let _ = writeln!(out, "    {}: {name}   {problem}", cap.key());
+                        }
                         continue;
                     }
                     config_lines += 1;
@@ -149,6 +154,22 @@ pub async fn check(
         }
     );
     Ok((out, problems > 0))
+}
+
+/// A problem with configured values (not missing keys) behind capability
+/// `name`; messages never quote secret values.
+fn config_problem(config: &DeviceConfig, cap: Capability, name: &str) -> Option<String> {
+    if (cap, name) != (Capability::Http, "maas") {
+        return None;
+    }
+    let job = crate::job_file::JobFile::parse(Path::new("(none)"), "{}").ok()?;
+    let http = crate::http::HttpClient::new(config, &job).ok()?;
+    if let Err(e) = http.endpoint_base("maas") {
+        return Some(e.to_string());
+    }
+    http.sign("maas", &mut Vec::new())
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn config_has(config: &DeviceConfig, cap: Capability, key: &str) -> bool {

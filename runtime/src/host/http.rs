@@ -12,7 +12,9 @@ impl From<HttpError> for HostError {
                 HostError::not_found(e.to_string())
             }
             HttpError::NotAJobUrl(_) => HostError::denied(e.to_string()),
-            HttpError::Invalid(_) => HostError::invalid(e.to_string()),
+            HttpError::Invalid(_)
+            | HttpError::BadConfig { .. }
+            | HttpError::OwnAuthorization(_) => HostError::invalid(e.to_string()),
             HttpError::Timeout { .. } => HostError::timeout(e.to_string()),
             HttpError::Transport { .. } | HttpError::Setup(_) => HostError::io(e.to_string()),
             HttpError::TooBig { .. } => HostError::limit(format!(
@@ -57,6 +59,9 @@ impl Host for HostState {
         parse_options(&opts, &[], "http.call")?;
         self.cx.gate.check(Capability::Http, &endpoint)?;
         let url = self.cx.http.endpoint_url(&endpoint, &req.url)?;
+        // Credentials are added here, on the host: the guest never sees them.
+        let mut req = req;
+        self.cx.http.sign(&endpoint, &mut req.headers)?;
         let cx = self.cx.clone();
         let call = cx.gate.begin("http.call", &url);
         call.end(self.send_http(url.clone(), req).await)
@@ -75,5 +80,70 @@ impl Host for HostState {
         let cx = self.cx.clone();
         let call = cx.gate.begin("http.fetch", &url);
         call.end(self.send_http(url.clone(), req).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use labsim::maas::MaasSim;
+
+    use super::*;
+    use crate::bindings::job::Host as _;
+    use crate::testing::context::{context, state};
+
+    fn request(path: &str, headers: Vec<(String, String)>) -> Request {
+        Request {
+            method: "GET".into(),
+            url: path.into(),
+            headers,
+            body: Vec::new(),
+            timeout: 10_000,
+        }
+    }
+
+    /// The connector names the endpoint; the host adds the signature MAAS
+    /// checks, and the connector's view of the config has no key.
+    #[tokio::test]
+    async fn maas_calls_are_signed_on_the_host_and_the_key_stays_there() {
+        let maas = MaasSim::builder("n1")
+            .api_key("ck", "tk", "HOSTONLYSECRET")
+            .start("127.0.0.1")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "maas_url: {}\nmaas_api_key: {}\n",
+            maas.url(),
+            maas.api_key()
+        );
+        let cx = context(dir.path(), &yaml, "{}", &[(Capability::Http, "maas")]);
+        let mut host = state(&cx);
+
+        let resp = host
+            .call(
+                "maas".into(),
+                request("/api/2.0/machines/n1/", vec![]),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(maas.calls()[0].status, 200);
+
+        // A connector cannot sign (or forge) requests itself.
+        let forged = vec![("Authorization".to_string(), "OAuth x".to_string())];
+        let err = host
+            .call("maas".into(), request("/api/2.0/version/", forged), vec![])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the host signs them"), "{err}");
+        assert_eq!(maas.calls().len(), 1);
+
+        let view = host.device_config_json().await.unwrap();
+        assert!(view.contains("maas_url"), "{view}");
+        assert!(
+            !view.contains("maas_api_key") && !view.contains("HOSTONLYSECRET"),
+            "{view}"
+        );
     }
 }

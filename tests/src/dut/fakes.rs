@@ -252,7 +252,7 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
         args: req.args.iter().map(|a| a.replace(&root, "")).collect(),
     });
     let args: Vec<&str> = req.args.iter().map(String::as_str).collect();
-    let _ = &req.cwd;
+    let cwd = req.cwd.as_path();
     if matches!(req.name.as_str(), "hdparm" | "lsblk" | "stm" | "muxctl") {
         shared.refresh_dev_nodes();
     }
@@ -268,16 +268,19 @@ fn call(shared: &Arc<Shared>, req: CallRequest) -> i32 {
             power(shared, &mut io, action)
         }
         "lsblk" => lsblk(shared, &mut io, &args),
-        "mount" => mount(shared, &mut io, &args),
-        "umount" => umount(shared, &mut io, &args),
+        "mount" => mount(shared, &mut io, &args, cwd),
+        "umount" => umount(shared, &mut io, &args, cwd),
         "hdparm" => hdparm(shared, &mut io, &args),
-        "zstdcat" => zstdcat(shared, &mut io, &args),
+        "zstdcat" => zstdcat(shared, &mut io, &args, cwd),
         "efibootmgr" => efibootmgr(shared, &mut io, &args),
         "snap" => snap(shared, &mut io, &args),
         "fwupdmgr" => fwupdmgr(shared, &mut io, &args),
         "hostname" => {
-            let name = shared.hostname();
-            io.out(&format!("{name}\n"));
+            if args.contains(&"-I") || args.contains(&"-i") {
+                io.out(&format!("{}\n", shared.addr.ip()));
+            } else {
+                io.out(&format!("{}\n", shared.hostname()));
+            }
             0
         }
         "stm" => stm(shared, &mut io, &args),
@@ -532,34 +535,45 @@ fn lsblk(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
             .join(","),
         other => other.to_string(),
     };
-    let mut lines = Vec::new();
+    // Rows of cells, then columns padded to their widest cell.
+    let mut rows: Vec<Vec<String>> = Vec::new();
     if headings {
-        lines.push(cols.join(" "));
+        rows.push(cols.clone());
     }
     for (r, children) in &tree {
-        lines.push(
-            cols.iter()
-                .map(|c| cell(&r[&c.to_lowercase()]))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        rows.push(cols.iter().map(|c| cell(&r[&c.to_lowercase()])).collect());
         for (k, child) in children.iter().enumerate() {
             let branch = if k + 1 == children.len() {
                 "└─"
             } else {
                 "├─"
             };
-            let cells: Vec<String> = cols
-                .iter()
-                .enumerate()
-                .map(|(ci, c)| {
-                    let v = cell(&child[&c.to_lowercase()]);
-                    if ci == 0 { format!("{branch}{v}") } else { v }
-                })
-                .collect();
-            lines.push(cells.join(" "));
+            rows.push(
+                cols.iter()
+                    .enumerate()
+                    .map(|(ci, c)| {
+                        let v = cell(&child[&c.to_lowercase()]);
+                        if ci == 0 { format!("{branch}{v}") } else { v }
+                    })
+                    .collect(),
+            );
         }
     }
+    let widths: Vec<usize> = (0..cols.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_end()
+                .to_string()
+        })
+        .collect();
     io.out(&(lines.join("\n") + "\n"));
     0
 }
@@ -576,21 +590,32 @@ pub(super) struct MountEntry {
     pub dir: PathBuf,
 }
 
-fn positional<'a>(args: &[&'a str], with_value: &[&str]) -> Vec<&'a str> {
+/// The operands of a command line (options and their values skipped),
+/// relative ones made absolute in the caller's directory `cwd`.
+fn positional(args: &[&str], with_value: &[&str], cwd: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if with_value.contains(a) {
             it.next();
         } else if !a.starts_with('-') {
-            out.push(*a);
+            out.push(absolute(a, cwd));
         }
     }
     out
 }
 
-fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let pos = positional(args, &["-o", "-t", "-L", "-U", "--options", "--types"]);
+fn absolute(path: &str, cwd: &Path) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        cwd.join(path).to_string_lossy().into_owned()
+    }
+}
+
+fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str], cwd: &Path) -> i32 {
+    let pos = positional(args, &["-o", "-t", "-L", "-U", "--options", "--types"], cwd);
+    let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
     let view = |p: &str| p.replace(shared.root.to_string_lossy().as_ref(), "");
     if pos.is_empty() {
         for m in lock(&shared.mounts).iter() {
@@ -657,8 +682,9 @@ fn mount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     0
 }
 
-fn umount(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let pos = positional(args, &["-t", "-O"]);
+fn umount(shared: &Arc<Shared>, io: &mut Io, args: &[&str], cwd: &Path) -> i32 {
+    let pos = positional(args, &["-t", "-O"], cwd);
+    let pos: Vec<&str> = pos.iter().map(String::as_str).collect();
     let view = |p: &str| p.replace(shared.root.to_string_lossy().as_ref(), "");
     if pos.is_empty() {
         io.err("umount: bad usage\n");
@@ -713,11 +739,11 @@ fn hdparm(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
 }
 
 /// zstd frames are decompressed; anything else is passed through.
-fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
-    let files: Vec<&str> = args
+fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str], cwd: &Path) -> i32 {
+    let files: Vec<String> = args
         .iter()
-        .copied()
         .filter(|a| !a.starts_with('-'))
+        .map(|a| absolute(a, cwd))
         .collect();
     let mut status = 0;
     let run = |input: &mut dyn Read, out: &mut File, err: &mut File, name: &str| {
@@ -750,7 +776,7 @@ fn zstdcat(shared: &Arc<Shared>, io: &mut Io, args: &[&str]) -> i32 {
     } else {
         for f in files {
             let shown = f.replace(shared.root.to_string_lossy().as_ref(), "");
-            match File::open(f) {
+            match File::open(&f) {
                 Ok(mut file) => {
                     status |= run(&mut file, &mut io.stdout, &mut io.stderr, &shown);
                 }

@@ -290,7 +290,6 @@ pub struct DutBuilder {
     boot_fault: BootFault,
     power_fault: PowerFault,
     snap_model: String,
-    boot_log_lines: usize,
 }
 
 impl DutBuilder {
@@ -431,7 +430,6 @@ struct Shared {
     boot_device: String,
     cards: Mutex<Vec<Card>>,
     serial: Option<Arc<SerialServer>>,
-    boot_log_lines: usize,
     history: Mutex<Vec<Event>>,
     files: Mutex<std::collections::BTreeMap<PathBuf, rewrite::Stamp>>,
     fake_calls: Mutex<Vec<FakeCall>>,
@@ -572,7 +570,6 @@ impl Shared {
                 prompt = Some(format!("{host} login: "));
             }
         }
-        lines.truncate(self.boot_log_lines.max(1).min(lines.len()));
         let steps = lines.len() + usize::from(prompt.is_some());
         let started = Instant::now();
         for (i, line) in lines.iter().enumerate() {
@@ -901,7 +898,6 @@ impl Dut {
             boot_fault: BootFault::None,
             power_fault: PowerFault::None,
             snap_model: "ubuntu-core-24-pi-arm64".into(),
-            boot_log_lines: usize::MAX,
         }
     }
 
@@ -987,7 +983,6 @@ impl Dut {
             boot_device: b.boot_device.clone(),
             cards: Mutex::new(b.cards.clone()),
             serial,
-            boot_log_lines: b.boot_log_lines,
             history: Mutex::new(Vec::new()),
             files: Mutex::new(std::collections::BTreeMap::new()),
             fake_calls: Mutex::new(Vec::new()),
@@ -2014,6 +2009,8 @@ mod tests {
             std::fs::read_to_string(dut.path("/tmp/note")).unwrap(),
             "hi\n"
         );
+        // Relative paths are the caller's; plain data passes zstdcat.
+        assert_eq!(ok(&dut, home.path(), "cd /tmp && zstdcat note"), "hi\n");
         let lsblk: serde_json::Value =
             serde_json::from_str(&ok(&dut, home.path(), "lsblk -J -o NAME,LABEL")).unwrap();
         assert_eq!(lsblk["blockdevices"][0]["name"], "mmcblk0");

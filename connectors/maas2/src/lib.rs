@@ -1,0 +1,661 @@
+//! `maas2` (reference §4.5): machines managed by MAAS. Provisioning
+//! releases the machine, applies a storage layout, allocates and deploys
+//! it through the MAAS 2.0 REST API, and waits until MAAS reports it
+//! deployed at the configured address and it answers SSH; cleanup releases
+//! it again.
+//!
+//! The reference drives the `maas` command line with a logged-in profile;
+//! this connector calls the REST API through the host's `maas` endpoint,
+//! which holds the API key and signs every request, so the key never
+//! enters the sandbox. `docs/maas2.md` lists the configuration keys and the
+//! deliberate differences from the reference.
+
+pub mod api;
+pub mod clock;
+pub mod efi;
+pub mod settings;
+pub mod storage;
+pub mod userdata;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testflinger_connector::prelude::*;
+
+use api::{Maas, MaasError};
+use settings::{Options, Settings};
+use storage::{ClearStep, Layout, Step};
+
+/// Deadline of the SSH boot check (connection and `/bin/true`; reference
+/// 60 s).
+const BOOT_CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of each TPM command (reference 30 s).
+const TPM_TIMEOUT: Duration = Duration::from_secs(30);
+/// State reads while waiting for `Ready` after a release (reference 30).
+const RELEASE_POLLS: u32 = 30;
+/// State reads after each recovery step (reference 3).
+const RECOVERY_POLLS: u32 = 3;
+/// How often a long wait logs that it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+/// MAAS releases that can deploy to RAM only.
+const EPHEMERAL_SINCE: (u64, u64, u64) = (3, 5, 0);
+
+/// The connector.
+pub struct Maas2;
+
+impl Connector for Maas2 {
+    fn new() -> Self {
+        Maas2
+    }
+
+    fn provision(&mut self) -> PhaseResult<()> {
+        hooks::pre_provision(false)?;
+        let node = Node::load()?;
+        info!("BEGIN provision");
+        info!("Provisioning device");
+        // Held until the end of provisioning: the host appends everything
+        // the console prints to provision-serial.log meanwhile.
+        let console = open_console();
+        let result = node.provision();
+        drop(console);
+        if let Err(PhaseError::Failed(m)) = &result {
+            error!("Provisioning failed: {m}");
+        }
+        info!("END provision");
+        result
+    }
+
+    fn cleanup(&mut self) -> PhaseResult<()> {
+        Node::load()?.recover()
+    }
+}
+
+export_connector!(Maas2);
+
+fn open_console() -> Option<serial::Port> {
+    match serial::open("console") {
+        Ok(port) => Some(port),
+        // No serial_host/serial_port for this device: nothing to capture.
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => {
+            warn!("The serial console is not captured: {e}");
+            None
+        }
+    }
+}
+
+fn note(message: impl AsRef<str>) {
+    info!("MAAS: {}", message.as_ref());
+}
+
+fn storage_failed(e: impl std::fmt::Display) -> PhaseError {
+    let message = format!("Unable to configure node storage: {e}");
+    error!("MAAS: {message}");
+    PhaseError::failed(message)
+}
+
+/// One deployment request.
+struct Deploy<'a> {
+    distro: String,
+    kernel: Option<String>,
+    /// Already in the form MAAS wants (base64).
+    user_data: Option<String>,
+    /// The layout, and which setting it came from.
+    layout: Option<&'a Layout>,
+    ephemeral: bool,
+}
+
+/// The machine this invocation works on.
+struct Node {
+    s: Settings,
+    o: Options,
+    api: Maas,
+    /// Newest installation result before the deployment started.
+    start_install_id: Cell<Option<u64>>,
+}
+
+impl Node {
+    fn load() -> PhaseResult<Node> {
+        let s = Settings::from_config(&job::config()?).map_err(PhaseError::failed)?;
+        let o = Options::from_job(&job::job()?).map_err(PhaseError::failed)?;
+        let api = Maas::new(&s.node_id, o.debug, s.retry_base);
+        Ok(Node {
+            s,
+            o,
+            api,
+            start_install_id: Cell::new(None),
+        })
+    }
+
+    fn agent(&self) -> &str {
+        if self.s.agent_name.is_empty() {
+            &self.s.node_id
+        } else {
+            &self.s.agent_name
+        }
+    }
+
+    fn device_ip(&self) -> PhaseResult<&str> {
+        self.s.device_ip.as_deref().ok_or_else(|| {
+            PhaseError::failed(
+                "device config key `device_ip` is missing: set it to the address the deployed machine answers on",
+            )
+        })
+    }
+
+    fn provision(&self) -> PhaseResult<()> {
+        self.device_ip()?;
+        // Everything that can be checked is checked before MAAS or the
+        // device is touched.
+        let job_layout = self
+            .o
+            .disks
+            .as_ref()
+            .map(|d| Layout::parse(d, "provision_data.disks"))
+            .transpose()
+            .map_err(storage_failed)?;
+        let default_layout = self
+            .s
+            .default_disks
+            .as_ref()
+            .map(|d| Layout::parse(d, "default_disks"))
+            .transpose()
+            .map_err(storage_failed)?;
+        let layout = job_layout.as_ref().or(default_layout.as_ref());
+        let user_data = self.o.user_data.as_deref().map(|text| {
+            let (value, encoded) = userdata::for_maas(text);
+            if encoded {
+                note("user_data is already base64-encoded cloud-init data; sending it as it is");
+            }
+            value
+        });
+        note("Reading node's block device information");
+        let devices = self.api.block_devices()?;
+        for l in [layout, default_layout.as_ref().filter(|_| self.s.clear_tpm)]
+            .into_iter()
+            .flatten()
+        {
+            l.plan(&devices).map_err(storage_failed)?;
+        }
+
+        if self.s.clear_tpm {
+            if self.s.reset_efi {
+                self.efi_fix();
+            }
+            self.clear_tpm(default_layout.as_ref())?;
+        }
+        self.deploy(&Deploy {
+            distro: self.o.distro.clone(),
+            kernel: self.o.kernel.clone(),
+            user_data,
+            layout,
+            ephemeral: self.o.ephemeral,
+        })
+    }
+
+    /// Releases the node (after the EFI fix when configured): the
+    /// reference's `recover`, used before every deployment and as cleanup.
+    fn recover(&self) -> PhaseResult<()> {
+        if self.s.reset_efi {
+            self.efi_fix();
+        }
+        note(format!("Releasing node {}", self.agent()));
+        self.release()?;
+        note(format!("Successfully released node {}", self.agent()));
+        Ok(())
+    }
+
+    fn deploy(&self, d: &Deploy<'_>) -> PhaseResult<()> {
+        self.recover()?;
+        let status = self.api.status()?;
+        note(format!("Node {} is {status}", self.s.node_id));
+        match d.layout {
+            Some(layout) => self.configure_storage(layout)?,
+            None => {
+                warn!(
+                    "MAAS: 'default_disks' and/or 'disks' unspecified; setting default storage layout to flat"
+                );
+                if let Err(e) = self
+                    .api
+                    .machine_op_once("set_storage_layout", &[("storage_layout", "flat")])
+                {
+                    error!(
+                        "MAAS: Unable to set flat disk layout, attempting to continue anyway: {e}"
+                    );
+                }
+            }
+        }
+        note("Acquiring node");
+        self.api.allocate()?;
+        self.start_install_id.set(self.api.installation_id()?);
+
+        let mut params: Vec<(&str, &str)> = vec![("distro_series", &d.distro)];
+        if let Some(k) = &d.kernel {
+            params.push(("hwe_kernel", k));
+        }
+        if let Some(u) = &d.user_data {
+            params.push(("user_data", u));
+        }
+        if d.ephemeral && self.supports_ephemeral() {
+            params.push(("ephemeral_deploy", "true"));
+            note("Deployment set to ephemeral");
+        }
+        note(format!(
+            "Starting node {} with distro {}",
+            self.agent(),
+            d.distro
+        ));
+        let reply = self.api.machine_op("deploy", &params)?;
+        self.wait_deployed(&reply.text())
+    }
+
+    fn supports_ephemeral(&self) -> bool {
+        let version = match self.api.version() {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(
+                    "MAAS: Unable to determine MAAS version: {e}. Proceeding without ephemeral deployment"
+                );
+                return false;
+            }
+        };
+        note(format!("MAAS version detected: {version}"));
+        match api::parse_version(&version) {
+            Some(v) if v >= EPHEMERAL_SINCE => true,
+            Some(_) => {
+                warn!(
+                    "MAAS: MAAS {version} cannot deploy to RAM (needs 3.5.0 or newer); deploying to disk"
+                );
+                false
+            }
+            None => {
+                warn!(
+                    "MAAS: Unable to understand MAAS version {version:?}. Proceeding without ephemeral deployment"
+                );
+                false
+            }
+        }
+    }
+
+    /// Clears the node's storage and applies `layout`.
+    fn configure_storage(&self, layout: &Layout) -> PhaseResult<()> {
+        note("Configuring node storage");
+        let devices = self.api.block_devices()?;
+        let plan = layout.plan(&devices).map_err(storage_failed)?;
+        for (disk, blk) in &plan.disks {
+            if let Some(dev) = devices.iter().find(|d| d.id == *blk) {
+                note(format!(
+                    "Disk `{disk}` is block device {blk} ({}, {} bytes)",
+                    dev.name, dev.size
+                ));
+            }
+        }
+        note("Clearing existing storage configuration");
+        for step in storage::clear_steps(&devices) {
+            let result = match step {
+                ClearStep::DeletePartition { blk, partition } => {
+                    self.api.delete_partition(blk, partition)
+                }
+                ClearStep::Unmount { blk } => self.api.block_device_op(blk, "unmount", &[]),
+                ClearStep::Unformat { blk } => self.api.block_device_op(blk, "unformat", &[]),
+            };
+            result.map_err(|e| storage_failed(format!("clearing the current layout: {e}")))?;
+        }
+        note("Applying storage layout");
+        let mut partitions: HashMap<String, u64> = HashMap::new();
+        let pid = |partitions: &HashMap<String, u64>, entry: &str| -> Result<u64, MaasError> {
+            partitions.get(entry).copied().ok_or_else(|| MaasError {
+                message: format!("partition `{entry}` was not created"),
+                retryable: false,
+            })
+        };
+        for step in &plan.steps {
+            let result = match step {
+                Step::SetBootDisk { blk, .. } => self
+                    .api
+                    .block_device_op(*blk, "set_boot_disk", &[])
+                    .map(drop),
+                Step::Rename { blk, name, .. } => self
+                    .api
+                    .block_device_update(*blk, &[("name", name)])
+                    .map(drop),
+                Step::CreatePartition {
+                    partition,
+                    blk,
+                    size,
+                } => self.api.create_partition(*blk, *size).map(|id| {
+                    partitions.insert(partition.clone(), id);
+                }),
+                Step::FormatPartition {
+                    partition,
+                    blk,
+                    fstype,
+                    label,
+                    ..
+                } => pid(&partitions, partition).and_then(|p| {
+                    let mut params = vec![("fstype", fstype.as_str())];
+                    if let Some(l) = label {
+                        params.push(("label", l));
+                    }
+                    self.api.partition_op(*blk, p, "format", &params).map(drop)
+                }),
+                Step::FormatDisk { blk, fstype, .. } => self
+                    .api
+                    .block_device_op(*blk, "format", &[("fstype", fstype)])
+                    .map(drop),
+                Step::MountPartition {
+                    partition,
+                    blk,
+                    path,
+                    ..
+                } => pid(&partitions, partition).and_then(|p| {
+                    self.api
+                        .partition_op(*blk, p, "mount", &[("mount_point", path)])
+                        .map(drop)
+                }),
+                Step::MountDisk { blk, path, .. } => self
+                    .api
+                    .block_device_op(*blk, "mount", &[("mount_point", path)])
+                    .map(drop),
+            };
+            result
+                .map_err(|e| storage_failed(format!("{}: {e}", layout.describe(step.entry()))))?;
+        }
+        Ok(())
+    }
+
+    /// Polls the deployment until the node is deployed at `device_ip` and
+    /// answers SSH, fails, or `timeout_min` passes.
+    fn wait_deployed(&self, deploy_reply: &str) -> PhaseResult<()> {
+        let device_ip = self.device_ip()?;
+        let timeout = self.s.deploy_timeout;
+        let poll = self.s.deploy_poll;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        note(format!(
+            "Waiting up to {} for the deployment (until {}), reading its state every {}",
+            clock::human(timeout),
+            clock::utc_after(timeout),
+            clock::human(poll)
+        ));
+        let mut last: Option<String> = None;
+        let mut next_progress = started + PROGRESS_EVERY;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            clock::sleep(poll.min(deadline - now));
+            let machine = self.api.machine()?;
+            let status = api::status_name(&machine);
+            let elapsed = clock::human(started.elapsed());
+            if last.as_deref() != Some(status.as_str()) {
+                note(format!(
+                    "Node is {status} ({elapsed} since the deployment started)"
+                ));
+                next_progress = Instant::now() + PROGRESS_EVERY;
+            } else if Instant::now() >= next_progress {
+                note(format!(
+                    "Still {status} after {elapsed}; giving up in {}",
+                    clock::human(deadline.saturating_duration_since(Instant::now()))
+                ));
+                next_progress += PROGRESS_EVERY;
+            }
+            last = Some(status.clone());
+            match status.as_str() {
+                "Failed deployment" => {
+                    error!("MAAS: MAAS reports Failed Deployment");
+                    let detail = machine
+                        .get("status_message")
+                        .and_then(Value::as_str)
+                        .filter(|m| !m.is_empty())
+                        .map(|m| format!(" MAAS says: {m}"))
+                        .unwrap_or_default();
+                    if !detail.is_empty() {
+                        error!("MAAS:{detail}");
+                    }
+                    self.log_install_log();
+                    return Err(PhaseError::failed(format!(
+                        "Provisioning failed because MAAS got unexpected or deployment failure status signal.{detail}"
+                    )));
+                }
+                "Deployed" => {
+                    let addresses: Vec<String> = machine
+                        .get("ip_addresses")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if !addresses.iter().any(|a| a == device_ip) {
+                        error!("MAAS: MAAS reports Wrong IP Address");
+                        self.log_install_log();
+                        return Err(PhaseError::failed(format!(
+                            "Provisioning failed because of bad device configuration. Expected device ip {device_ip} was not any of the addresses known to maas: [{}]",
+                            addresses.join(", ")
+                        )));
+                    }
+                    if self.booted() {
+                        note("Deployed and booted.");
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let status = last.unwrap_or_else(|| "(not read)".into());
+        error!(
+            "MAAS: Device {} still in \"{status}\" state, deployment failed!",
+            self.agent()
+        );
+        error!("MAAS: {}", api::excerpt(deploy_reply, 2000));
+        self.log_install_log();
+        Err(PhaseError::failed(format!(
+            "Provisioning failed because deployment timeout. Deploying for more than {} minutes.",
+            fmt_minutes(timeout)
+        )))
+    }
+
+    /// The reference's boot check: `ubuntu@device_ip /bin/true`.
+    fn booted(&self) -> bool {
+        note("Checking if test image booted.");
+        let session = match ssh::connect_with("device", BOOT_CHECK_TIMEOUT, Some("ubuntu")) {
+            Ok(s) => s,
+            Err(e) => {
+                note(format!("The test image does not answer over SSH yet: {e}"));
+                return false;
+            }
+        };
+        match session.exec_with("/bin/true", BOOT_CHECK_TIMEOUT, false) {
+            Ok(out) if out.success() => true,
+            Ok(out) => {
+                note(format!("/bin/true exited with status {}", out.status));
+                false
+            }
+            Err(e) => {
+                note(format!("/bin/true did not run: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Logs the installation log of the deployment, if MAAS has a new one.
+    fn log_install_log(&self) {
+        match self.api.installation_id() {
+            Ok(Some(id)) if Some(id) != self.start_install_id.get() => {
+                match self.api.install_log(id) {
+                    Ok(text) => info!("MAAS: Installation log (result {id}):\n{}", text.trim_end()),
+                    Err(e) => warn!("MAAS: cannot download installation log {id}: {e}"),
+                }
+            }
+            Ok(_) => note("MAAS has no installation log for this deployment"),
+            Err(e) => warn!("MAAS: cannot list installation results: {e}"),
+        }
+    }
+
+    /// Reads the state up to `polls + 1` times, `maas_release_poll_seconds`
+    /// apart, until it is `Ready`. Returns whether it got there and the
+    /// last state.
+    fn wait_ready(&self, polls: u32) -> PhaseResult<(bool, String)> {
+        let poll = self.s.release_poll;
+        note(format!(
+            "Waiting up to {} for the node to be Ready",
+            clock::human(poll * polls)
+        ));
+        let mut status = String::new();
+        for i in 0..=polls {
+            status = self.api.status()?;
+            if status == "Ready" {
+                return Ok((true, status));
+            }
+            if i < polls {
+                clock::sleep(poll);
+            }
+        }
+        Ok((false, status))
+    }
+
+    /// `release`, escalating to mark-broken/mark-fixed and power-off when
+    /// the node does not become `Ready`. Only a node still not `Ready`
+    /// after all of that needs recovery (exit 46); MAAS refusing or failing
+    /// the calls themselves is an ordinary failure.
+    fn release(&self) -> PhaseResult<()> {
+        self.api.machine_op("release", &[])?;
+        let (ready, status) = self.wait_ready(RELEASE_POLLS)?;
+        if ready {
+            return Ok(());
+        }
+        error!(
+            "MAAS: Device {} still in \"{status}\" state, attempting recovery!",
+            self.agent()
+        );
+        note("Attempt to mark-broken:");
+        self.api.machine_op("mark_broken", &[])?;
+        note("Attempt to mark-fixed:");
+        self.api.machine_op("mark_fixed", &[])?;
+        note("Check for Ready status");
+        if self.wait_ready(RECOVERY_POLLS)?.0 {
+            return Ok(());
+        }
+        note("Attempt to just power-off the machine");
+        self.api.machine_op("power_off", &[])?;
+        note("Check for Ready status");
+        let (ready, status) = self.wait_ready(RECOVERY_POLLS)?;
+        if ready {
+            return Ok(());
+        }
+        error!(
+            "MAAS: Device {} still in \"{status}\" state, could not recover!",
+            self.agent()
+        );
+        Err(PhaseError::recovery(format!(
+            "Device recovery failed! MAAS machine {} is still {status} after release, mark-broken, mark-fixed and power-off",
+            self.s.node_id
+        )))
+    }
+
+    /// Puts the network (IPv4) boot entries first; best effort.
+    fn efi_fix(&self) {
+        note("Fixing EFI boot order before provisioning");
+        let session = match ssh::connect_as("device", "ubuntu") {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(
+                    "MAAS: Cannot reach the device to fix its EFI boot order ({e}); leaving it as it is"
+                );
+                return;
+            }
+        };
+        let read = |s: &ssh::Session| {
+            s.exec_quiet("sudo efibootmgr -v")
+                .ok()
+                .filter(ssh::Output::success)
+        };
+        let output = match read(&session) {
+            Some(out) => out,
+            None => {
+                note("efibootmgr failed; installing efi-tools");
+                for cmd in [
+                    "sudo snap install efi-tools-ijohnson --devmode --edge",
+                    "sudo snap alias efi-tools-ijohnson.efibootmgr efibootmgr",
+                ] {
+                    let _ = session.exec_quiet(cmd);
+                }
+                match read(&session) {
+                    Some(out) => out,
+                    None => {
+                        warn!(
+                            "MAAS: Cannot read the EFI boot entries; leaving the boot order as it is"
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(order) = efi::new_boot_order(&output.stdout) else {
+            warn!("MAAS: efibootmgr shows no BootOrder; leaving the boot order as it is");
+            return;
+        };
+        note(format!("Setting boot order to {order}"));
+        match session.exec_quiet(&format!("sudo efibootmgr -o {order}")) {
+            Ok(out) if out.success() => {}
+            Ok(out) => error!(
+                "MAAS: Failed to set efi boot order to \"{order}\":\n{}{}",
+                out.stdout, out.stderr
+            ),
+            Err(e) => error!("MAAS: Failed to set efi boot order to \"{order}\": {e}"),
+        }
+    }
+
+    /// Clears the TPM, deploying the default image first when the current
+    /// system cannot do it.
+    fn clear_tpm(&self, default_layout: Option<&Layout>) -> PhaseResult<()> {
+        note("Clearing the TPM before provisioning");
+        if self.tpm_clear_command() {
+            return Ok(());
+        }
+        note("The current system cannot clear the TPM; deploying the default image first");
+        self.deploy(&Deploy {
+            distro: "jammy".into(),
+            kernel: None,
+            user_data: None,
+            layout: default_layout,
+            ephemeral: false,
+        })?;
+        if !self.tpm_clear_command() {
+            return Err(PhaseError::failed("Failed to clear TPM"));
+        }
+        Ok(())
+    }
+
+    fn tpm_clear_command(&self) -> bool {
+        let Ok(session) = ssh::connect_with("device", TPM_TIMEOUT, Some("ubuntu")) else {
+            return false;
+        };
+        let ok = |cmd: &str, log: bool| {
+            session
+                .exec_with(cmd, TPM_TIMEOUT, log)
+                .ok()
+                .filter(ssh::Output::success)
+        };
+        if ok("echo 5 | sudo tee /sys/class/tpm/tpm0/ppi/request", true).is_none() {
+            return false;
+        }
+        ok("cat /sys/class/tpm/tpm0/ppi/request", false).is_some_and(|o| o.stdout.trim() == "5")
+    }
+}
+
+/// `timeout_min` as given: `60`, or `0.05`.
+fn fmt_minutes(d: Duration) -> String {
+    let m = d.as_secs_f64() / 60.0;
+    if m.fract() == 0.0 {
+        format!("{m:.0}")
+    } else {
+        format!("{}", (m * 1000.0).round() / 1000.0)
+    }
+}
