@@ -9,6 +9,7 @@ mod fake_connector;
 mod lab;
 mod labsim;
 mod maas2;
+mod muxpi;
 mod noprovision;
 mod openssh;
 mod pinning;
