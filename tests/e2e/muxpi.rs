@@ -413,7 +413,11 @@ fn flashes_a_url_image_seeds_a_login_and_boots_it() {
             run.stderr
         );
     }
-    assert!(run.stderr.contains("Flashed img.zst: "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Flashed img.zst onto /dev/sda ("),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         lab.ch.setup_calls().len(),
         1,
@@ -1083,7 +1087,7 @@ fn a_truncated_download_fails_and_leaves_no_bootable_half_image() {
     assert!(
         message.contains("Error while piping the test image to /dev/sda")
             && message.contains("truncated")
-            && message.contains("first MiB was zeroed"),
+            && message.contains("first MiB was zeroed so that no partial image can boot"),
         "{message}"
     );
     // The card was wiped and switched back; the device was not rebooted.
@@ -1160,4 +1164,141 @@ fn a_missing_attachment_fails_before_anything_runs() {
     );
     assert!(lab.ch_commands().is_empty());
     assert!(lab.ch.setup_calls().is_empty());
+}
+
+#[test]
+fn a_missing_image_fails_the_stage_with_the_http_status() {
+    let mut lab = lab(Opts::default());
+    let url = lab.serve(Reply::status(404));
+    let run = lab.provision(json!({"url": url}));
+    assert_eq!(run.code, 1);
+    assert_eq!(lab.error_name(), "ProvisioningError");
+    let message = lab.error_message();
+    assert!(
+        message.contains("Error while piping the test image to /dev/sda")
+            && message.contains("answered HTTP 404"),
+        "{message}"
+    );
+    // Nothing was streamed: dd never ran; the card was wiped anyway (the
+    // connector cannot tell a refused download from a half-written one)
+    // and given back to the device, which was not rebooted.
+    assert_eq!(
+        lab.ch_commands(),
+        strings(&[
+            "stm -ts",
+            "sudo umount /dev/sda*",
+            "sudo dd if=/dev/zero of=/dev/sda bs=1M count=1 conv=fsync",
+            "stm -dut",
+        ])
+    );
+    assert!(lab.card.image().is_err());
+    assert_eq!(lab.card.side(), MuxSide::Dut);
+    assert!(lab.dut.power_events().is_empty());
+}
+
+#[test]
+fn configured_switch_commands_replace_the_defaults() {
+    let mut lab = lab(Opts::default());
+    lab.set("control_switch_local_cmd", "\"sudo stm -ts\"");
+    lab.set("control_switch_device_cmd", "\"sudo stm -dut\"");
+    let image = Image::ubuntu("24.04.2", "noble").hostname("own-switch");
+    let url = lab.serve(Reply::bytes(image.compressed(4096)));
+    let run = lab.provision(json!({"url": url, "create_user": false}));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let commands = lab.ch_commands();
+    assert_eq!(commands.first().map(String::as_str), Some("sudo stm -ts"));
+    assert_eq!(commands.last().map(String::as_str), Some("sudo stm -dut"));
+    assert!(!commands.iter().any(|c| c == "stm -ts" || c == "stm -dut"));
+    assert_eq!(lab.card.switches(), [MuxSide::ControlHost, MuxSide::Dut]);
+    assert_eq!(
+        lab.dut.installed_image().unwrap().hostname_text().unwrap(),
+        "own-switch"
+    );
+}
+
+#[test]
+fn a_failing_control_host_reboot_script_is_a_provisioning_error() {
+    let mut lab = lab(Opts::default());
+    let scripts = lab
+        .ch
+        .ssh()
+        .write_power_scripts(&lab.rd.path().join("ch-scripts"))
+        .unwrap();
+    lab.set(
+        "control_host_reboot_script",
+        &format!("[{}]", scripts.reboot.display()),
+    );
+    lab.ch.ssh().set_power_fault(labsim::dut::PowerFault::Fail);
+    lab.write(json!({"url": "http://127.0.10.3:9/img.zst"}));
+    // Without the pre-hook's power cycle (which only warns about a failing
+    // script): the connector's own SDWire reset must fail the stage.
+    let run = crate::common::finish(
+        lab.rd
+            .command(&[
+                "muxpi",
+                "provision",
+                "-c",
+                "default.yaml",
+                "testflinger.json",
+            ])
+            .env("DISABLE_CONTROL_HOST_POWERCYCLE", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "not 46: only the device's reboot_script is");
+    assert_eq!(lab.error_name(), "ProvisioningError");
+    let message = lab.error_message();
+    assert!(message.contains("fail to reboot control host"), "{message}");
+    assert!(lab.ch_commands().is_empty());
+    assert!(
+        lab.dut.power_events().is_empty(),
+        "the device was not touched"
+    );
+}
+
+#[test]
+fn a_control_host_that_does_not_come_back_fails_within_the_reboot_timeout() {
+    let mut lab = lab(Opts::default());
+    let scripts = lab
+        .ch
+        .ssh()
+        .write_power_scripts(&lab.rd.path().join("ch-scripts"))
+        .unwrap();
+    lab.set(
+        "control_host_reboot_script",
+        &format!("[{}]", scripts.reboot.display()),
+    );
+    lab.set("control_host_reboot_timeout", "0.5");
+    lab.ch.ssh().set_boot_fault(BootFault::Never);
+    lab.write(json!({"url": "http://127.0.10.3:9/img.zst"}));
+    let run = crate::common::finish(
+        lab.rd
+            .command(&[
+                "muxpi",
+                "provision",
+                "-c",
+                "default.yaml",
+                "testflinger.json",
+            ])
+            .env("DISABLE_CONTROL_HOST_POWERCYCLE", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(lab.error_name(), "ProvisioningError");
+    let message = lab.error_message();
+    assert!(
+        message.starts_with("Control host did not come back")
+            && message.contains("did not answer within 2 s"),
+        "{message}"
+    );
+    // The bound: timeout (down) + timeout + retry window (1 s) = 2 s.
+    assert!(
+        run.stderr
+            .contains("Waiting up to 2 s for the control host to reboot"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lab.ch.ssh().power_events(), ["reboot"]);
+    assert!(lab.ch_commands().is_empty());
 }

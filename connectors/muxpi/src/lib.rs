@@ -333,22 +333,20 @@ impl Run {
             .session()
             .and_then(|session| transfer::to_ssh(source, session, &command, timeout));
         match streamed {
-            Ok(report) => {
-                let secs_taken = report.elapsed.as_secs_f64().max(0.001);
-                info!(
-                    "Flashed {label}: {} bytes in {:.1} s ({:.1} MB/s), {}",
-                    report.bytes,
-                    secs_taken,
-                    report.bytes as f64 / secs_taken / 1e6,
-                    report.sha256
-                );
-            }
+            // The runtime's own lines give the rate and progress.
+            Ok(report) => info!(
+                "Flashed {label} onto {device} ({} bytes streamed, {})",
+                report.bytes, report.sha256
+            ),
             Err(e) => {
                 // The card holds whatever arrived. Zero its start so that a
                 // half-written image is never booted as if it were the job's.
                 let wiped = self.wipe(device);
+                // A download that failed before any byte was sent leaves
+                // the old image whole, but which case this is cannot be
+                // told from here: wiping is the safe side.
                 let what = if wiped {
-                    "its first MiB was zeroed so that the partial image cannot boot"
+                    "its first MiB was zeroed so that no partial image can boot"
                 } else {
                     "it could not be wiped and stays switched to the control host"
                 };
