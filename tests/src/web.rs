@@ -660,7 +660,6 @@ impl Body for ReplyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
     fn get(addr: SocketAddr, path: &str) -> String {
         raw_get(&addr.to_string(), path)
