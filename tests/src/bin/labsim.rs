@@ -113,7 +113,8 @@ fn up(lab_file: &Path, dir: &Path, run_for: Option<&str>) -> anyhow::Result<Exit
 /// a control host (`stm -ts`/`stm -dut`, card at `/dev/sda` there), still
 /// running last week's jammy image, and an image server with the noble
 /// image the job asks for (64 MiB raw, zstd-compressed as production
-/// images are).
+/// images are; served slowly, as over a real link, so that the transfer
+/// shows its progress lines).
 const DEMO_LAB: &str = r#"
 runtime:
   poll_interval_seconds: 0.5
@@ -132,7 +133,8 @@ control_hosts:
     boot_time: 1s
 images:
   ubuntu-24.04.2-preinstalled-server-arm64+raspi:
-    {version: 24.04.2, codename: noble, hostname: demo-pi4, padding: 67108864}
+    {version: 24.04.2, codename: noble, hostname: demo-pi4, padding: 67108864,
+     fault: {slow: 500ms, chunk: 256}}
 "#;
 
 /// The image the demo job provisions.
