@@ -10,6 +10,7 @@ mod hostile;
 mod lab;
 mod labsim;
 mod maas2;
+mod muxpi;
 mod noprovision;
 mod openssh;
 mod pinning;

@@ -109,17 +109,36 @@ fn up(lab_file: &Path, dir: &Path, run_for: Option<&str>) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo's lab: a Raspberry Pi whose SD card sits behind the SDWire of
+/// a control host (`stm -ts`/`stm -dut`, card at `/dev/sda` there), still
+/// running last week's jammy image, and an image server with the noble
+/// image the job asks for (64 MiB raw, zstd-compressed as production
+/// images are; served slowly, as over a real link, so that the transfer
+/// shows its progress lines).
 const DEMO_LAB: &str = r#"
 runtime:
   poll_interval_seconds: 0.5
   serial_retry_seconds: 1
+  control_host_settle_seconds: 0.5
 devices:
   - name: demo-pi4
-    provision_type: noprovision
+    provision_type: muxpi
     boot_time: 1s
     reboot_time: 2s
-    image: {version: 24.04.1, codename: noble, hostname: demo-pi4}
+    control_host: ctl-01
+    block_device: sda
+    image: {version: 22.04.4, codename: jammy, hostname: demo-pi4}
+control_hosts:
+  - name: ctl-01
+    boot_time: 1s
+images:
+  ubuntu-24.04.2-preinstalled-server-arm64+raspi:
+    {version: 24.04.2, codename: noble, hostname: demo-pi4, padding: 67108864,
+     fault: {slow: 500ms, chunk: 256}}
 "#;
+
+/// The image the demo job provisions.
+const DEMO_IMAGE: &str = "ubuntu-24.04.2-preinstalled-server-arm64+raspi";
 
 /// Every `ssh` of the demo's test commands: `-F` because ssh reads the
 /// config of the passwd home, not `$HOME`.
@@ -168,10 +187,13 @@ fn demo(dir: Option<&Path>, cli: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let job_id = "5b1d3c2e-9f0a-4c8e-b7d6-labsim-demo";
     let run_dir = dir.join("run").join(job_id);
     std::fs::create_dir_all(&run_dir)?;
+    let image_url = lab
+        .image_url(DEMO_IMAGE)
+        .context("the demo lab serves its image")?;
     let job = serde_json::json!({
         "job_id": job_id,
         "job_queue": "demo-pi4",
-        "provision_data": {"skip": false},
+        "provision_data": {"url": image_url},
         "test_data": {"test_cmds": [
             "echo \"Testing on $AGENT_NAME: device $DEVICE_IP\"",
             format!("{SSH} $DEVICE_IP 'hostname; grep PRETTY_NAME /etc/os-release; lsblk -o NAME,LABEL,SIZE'"),
@@ -187,7 +209,7 @@ fn demo(dir: Option<&Path>, cli: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     std::fs::write(run_dir.join("testflinger-outcome.json"), "{}")?;
     std::fs::write(run_dir.join("device-connector-error.json"), "")?;
     let config = device.config_path.clone();
-    let provision_type = "noprovision";
+    let provision_type = "muxpi";
     let mut phases = Vec::new();
     let mut run = |name: &'static str, stage: &'static str| -> anyhow::Result<i32> {
         banner(name, "demo-pi4");
@@ -210,10 +232,11 @@ fn demo(dir: Option<&Path>, cli: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Ok(code)
     };
 
-    say("job 1: the device is up; provision only checks that it answers");
-    run("provision", "provision")?;
-    say("the device crashes (power cut): it no longer answers over SSH");
-    device.dut.power_off();
+    let card = lab.card("demo-pi4").context("the demo device has a card")?;
+    say(&format!(
+        "the device runs {} from its SD card; the job asks for {DEMO_IMAGE}",
+        card_image(card)
+    ));
     run("provision", "provision")?;
     run("test", "runtest")?;
     run("reserve", "reserve")?;
@@ -256,9 +279,19 @@ fn demo(dir: Option<&Path>, cli: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         println!("    {n:<28} {size:>6} bytes  {}", detail.trim());
     }
     println!(
+        "  the SD card holds {} ({} bytes)",
+        card_image(card),
+        card.bytes().map_or(0, |b| b.len())
+    );
+    println!(
+        "  the control host ran {} commands; power events: {}",
+        lab.control_host("ctl-01").ssh().command_lines().len(),
+        none_if_empty(lab.control_host("ctl-01").ssh().power_events())
+    );
+    println!(
         "  the device received {} commands; power events: {}",
         device.dut.commands().len(),
-        device.dut.power_events().join(", ")
+        none_if_empty(device.dut.power_events())
     );
     drop(lab);
     say(if ok {
@@ -271,6 +304,35 @@ fn demo(dir: Option<&Path>, cli: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What the card holds: `<PRETTY_NAME> (<hostname>)`.
+fn card_image(card: &labsim::card::Card) -> String {
+    match card.image() {
+        Ok(image) => {
+            let pretty = image
+                .os_release_text()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                        .map(|v| v.trim_matches('"').to_string())
+                })
+                .unwrap_or_else(|| "an unnamed image".into());
+            format!(
+                "{pretty} (hostname {})",
+                image.hostname_text().unwrap_or_else(|| "unset".into())
+            )
+        }
+        Err(e) => format!("no bootable image ({e})"),
+    }
+}
+
+fn none_if_empty(events: Vec<String>) -> String {
+    if events.is_empty() {
+        "none".into()
+    } else {
+        events.join(", ")
+    }
 }
 
 fn say(text: &str) {

@@ -1,0 +1,635 @@
+//! `muxpi` (reference §4.8): devices that boot from an SD card or USB
+//! stick behind a mux (MuxPi, SDWire, TypeC mux) driven by a control host.
+//!
+//! Provisioning switches the storage to the control host, streams the
+//! image into `zstdcat | sudo dd` there (the runtime moves the bytes, from
+//! the job's URL or attachment straight into the SSH channel), seeds a
+//! login for the kind of image it finds, switches the storage back,
+//! power-cycles the device and waits until the new image answers.
+//!
+//! Waits poll instead of sleeping: control-host commands are retried for
+//! the reference's 60 s window, the control host's reboot and the device's
+//! boot are waited for with the reference's upper bounds, and a device that
+//! is ready early is used early. `muxpi_poll_seconds`,
+//! `muxpi_control_retry_seconds` and `muxpi_boot_timeout_seconds` in the
+//! device config tune them. See `docs/muxpi.md` for the keys and for what
+//! deliberately differs from the reference.
+
+pub mod control;
+pub mod image;
+pub mod seed;
+pub mod settings;
+pub mod shell;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testflinger_connector::prelude::*;
+use testflinger_connector::ssh::Output;
+
+use control::{Control, Env, GuestEnv, SshLink, detail, is_permanent, secs};
+use image::ImageType;
+use settings::{ImageSource, Media, Settings, Switching};
+use shell::quote;
+
+/// Deadline of one control-host command (reference default).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of `sudo umount <dev>*` before flashing (reference).
+const UMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of `sudo hdparm -z` (reference).
+const HDPARM_TIMEOUT: Duration = Duration::from_secs(40);
+/// Flashing from a URL: the reference's download (1200 s) and pipe (1800 s)
+/// deadlines together, as both now happen in one stream.
+const URL_FLASH_TIMEOUT: Duration = Duration::from_secs(1200 + 1800);
+/// Flashing from an attachment (reference).
+const ATTACHMENT_FLASH_TIMEOUT: Duration = Duration::from_secs(1200);
+/// Deadline of each `control_host_reboot_script` entry (reference).
+const CONTROL_HOST_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one boot-check request (reference).
+const BOOT_CHECK_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long partition labels may take to show up after `hdparm -z`
+/// (the reference waits 10 s once).
+const LABELS_WAIT: Duration = Duration::from_secs(10);
+/// Minimum time between progress lines of long waits.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// The connector.
+pub struct Muxpi;
+
+impl Connector for Muxpi {
+    fn new() -> Self {
+        Muxpi
+    }
+
+    fn provision(&mut self) -> PhaseResult<()> {
+        let config = job::config()?;
+        let data: Value = job::provision_data()?;
+        let attachments = job::attachments("provision")?;
+        // A job or config that cannot work fails before anything is touched.
+        let settings =
+            Settings::from_parts(&config, &data, &attachments).map_err(PhaseError::failed)?;
+        hooks::pre_provision(true)?;
+        info!("BEGIN provision");
+        info!("Provisioning device");
+        let _console = open_console();
+        Run::new(settings).provision()?;
+        info!("END provision");
+        Ok(())
+    }
+}
+
+export_connector!(Muxpi);
+
+/// Starts capturing the serial console into `provision-serial.log`, if the
+/// device has one; the capture lasts as long as the port is kept.
+fn open_console() -> Option<serial::Port> {
+    match serial::open("console") {
+        Ok(port) => Some(port),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            debug!("No serial console configured: {e}");
+            None
+        }
+        Err(e) => {
+            warn!("Not capturing the serial console: {e}");
+            None
+        }
+    }
+}
+
+/// A failed step, and whether the storage must stay on the control host
+/// (it may hold a partial image that could not be wiped).
+struct Failure {
+    error: PhaseError,
+    keep_on_host: bool,
+}
+
+impl From<PhaseError> for Failure {
+    fn from(error: PhaseError) -> Self {
+        Failure {
+            error,
+            keep_on_host: false,
+        }
+    }
+}
+
+/// Appends `more` to a phase error's message.
+fn append(e: PhaseError, more: &str) -> PhaseError {
+    match e {
+        PhaseError::Failed(m) => PhaseError::Failed(format!("{m}; {more}")),
+        PhaseError::RecoveryNeeded(m) => PhaseError::RecoveryNeeded(format!("{m}; {more}")),
+        PhaseError::Unsupported => PhaseError::Failed(more.to_string()),
+    }
+}
+
+/// Power-cycles the device with `reboot_script` (the reference's
+/// `hardreset`). Only a failing script needs recovery (exit 46); a missing
+/// one does nothing.
+fn hardreset(s: &Settings) -> PhaseResult<()> {
+    if !s.reboot_script {
+        info!("reboot_script is not configured: not power cycling the device");
+        return Ok(());
+    }
+    info!("Running reboot_script");
+    power::run("reboot_script").map_err(|e| {
+        if is_permanent(&e) {
+            PhaseError::failed(e)
+        } else {
+            PhaseError::recovery(format!(
+                "Cannot power cycle the device with reboot_script: {e}"
+            ))
+        }
+    })
+}
+
+/// One provision run.
+struct Run {
+    s: Settings,
+    ch: Control<SshLink, GuestEnv>,
+}
+
+impl Run {
+    fn new(s: Settings) -> Self {
+        let ch = Control::new(
+            SshLink::default(),
+            GuestEnv::default(),
+            s.poll,
+            s.control_retry,
+        );
+        Run { s, ch }
+    }
+
+    fn provision(&mut self) -> PhaseResult<()> {
+        if !self.s.mux_cli {
+            self.reset_sdwire()?;
+        }
+        let device = self.plug_to_self()?;
+        let work = self.prepare(&device);
+        let keep = matches!(&work, Err(f) if f.keep_on_host);
+        let back = if keep {
+            warn!("Leaving the storage on the control host: it holds a partial image");
+            Ok(())
+        } else {
+            self.plug_to_dut()
+        };
+        match (work, back) {
+            (Ok(()), Ok(())) => {}
+            (Ok(()), Err(e)) => return Err(e),
+            (Err(f), Ok(())) => return Err(f.error),
+            (Err(f), Err(e)) => {
+                return Err(append(
+                    f.error,
+                    &format!("switching the storage back to the device failed too: {e}"),
+                ));
+            }
+        }
+        info!("Booting Test Image");
+        hardreset(&self.s)?;
+        self.boot_check()
+    }
+
+    /// Without a mux CLI the SDWire is reset by rebooting the control host
+    /// (and the device) first, when the lab configured a script for it.
+    fn reset_sdwire(&mut self) -> PhaseResult<()> {
+        if !self.s.control_host_reboot_script {
+            warn!("control_host_reboot_script not defined, skip rebooting control host");
+            return Ok(());
+        }
+        info!("Rebooting control host");
+        power::run_with(
+            "control_host_reboot_script",
+            power::ExecStyle::Split,
+            CONTROL_HOST_SCRIPT_TIMEOUT,
+        )
+        .map_err(|e| {
+            if is_permanent(&e) {
+                PhaseError::failed(e)
+            } else {
+                PhaseError::failed(format!("fail to reboot control host: {e}"))
+            }
+        })?;
+        info!("Rebooting DUT");
+        hardreset(&self.s)?;
+        // The reference slept the whole timeout, polled for as long again,
+        // then tried once more for the retry window: the same bound, polled.
+        let t = self.s.control_host_reboot_timeout;
+        self.ch
+            .wait_for_reboot(t, t + t + self.s.control_retry)
+            .map_err(|e| PhaseError::failed(format!("Control host did not come back: {e}")))
+    }
+
+    /// Switches the storage to the control host; returns its block device.
+    fn plug_to_self(&mut self) -> PhaseResult<String> {
+        match self.s.switching.clone() {
+            Switching::Commands {
+                to_host,
+                test_device,
+                ..
+            } => {
+                info!("Switching the storage to the control host ({to_host})");
+                self.ch.run(&to_host, COMMAND_TIMEOUT).map_err(|e| {
+                    PhaseError::failed(format!(
+                        "Cannot switch the storage to the control host: {e}"
+                    ))
+                })?;
+                Ok(test_device)
+            }
+            Switching::MuxCli { prefix, media } => {
+                // A device that can boot from either medium gets both
+                // switched away, so it cannot boot the other one.
+                let mut device = None;
+                for m in [Media::Sd, Media::Usb] {
+                    let cmd = format!("{prefix} {} plug_to_self", m.mux_word());
+                    if m == media {
+                        let out = self.ch.run(&cmd, COMMAND_TIMEOUT).map_err(|e| {
+                            PhaseError::failed(format!(
+                                "Cannot switch the {} to the control host: {e}",
+                                m.mux_word()
+                            ))
+                        })?;
+                        device = Some(out.stdout.trim().to_string());
+                    } else {
+                        match self.ch.query(&cmd, COMMAND_TIMEOUT) {
+                            Ok(out) if out.success() => {}
+                            Ok(out) => info!("`{cmd}` failed (ignored): {}", detail(&out)),
+                            Err(e) => warn!("`{cmd}` failed (ignored): {e}"),
+                        }
+                    }
+                }
+                let device = device.unwrap_or_default();
+                if !device.starts_with("/dev/") || device.contains(char::is_whitespace) {
+                    return Err(PhaseError::failed(format!(
+                        "`{prefix} {} plug_to_self` did not print a block device (got {device:?})",
+                        media.mux_word()
+                    )));
+                }
+                info!("The {} is {device} on the control host", media.mux_word());
+                Ok(device)
+            }
+        }
+    }
+
+    /// Switches the storage back to the device.
+    fn plug_to_dut(&mut self) -> PhaseResult<()> {
+        let cmd = match &self.s.switching {
+            Switching::Commands { to_device, .. } => to_device.clone(),
+            Switching::MuxCli { prefix, media } => {
+                format!("{prefix} {} set DUT", media.mux_word())
+            }
+        };
+        info!("Switching the storage back to the device ({cmd})");
+        self.ch.run(&cmd, COMMAND_TIMEOUT).map(|_| ()).map_err(|e| {
+            PhaseError::failed(format!("Cannot switch the storage back to the device: {e}"))
+        })
+    }
+
+    /// Everything done while the storage is on the control host.
+    fn prepare(&mut self, device: &str) -> Result<(), Failure> {
+        self.flash(device)?;
+        if self.s.create_user {
+            self.seed(device)?;
+        } else {
+            info!("Skipping test user creation (create_user=False)");
+        }
+        self.post_provision();
+        Ok(())
+    }
+
+    fn flash(&mut self, device: &str) -> Result<(), Failure> {
+        let dev = quote(device);
+        // Nothing of the card may stay mounted while it is overwritten.
+        match self
+            .ch
+            .query(&format!("sudo umount {dev}*"), UMOUNT_TIMEOUT)
+        {
+            Ok(out) if out.success() => {}
+            Ok(_) => warn!("Device {device} might not be mounted"),
+            Err(e) => {
+                return Err(PhaseError::failed(format!(
+                    "Cannot reach the control host before flashing: {e}"
+                ))
+                .into());
+            }
+        }
+        let (source, timeout, label) = match &self.s.source {
+            ImageSource::Url(url) => (
+                transfer::Source::Url(url.clone()),
+                URL_FLASH_TIMEOUT,
+                url_name(url),
+            ),
+            ImageSource::Attachment(name) => (
+                transfer::Source::Attachment(name.clone()),
+                ATTACHMENT_FLASH_TIMEOUT,
+                name.clone(),
+            ),
+        };
+        info!(
+            "Flashing Test image {label} on {device} (deadline {} s)",
+            secs(timeout)
+        );
+        let command = format!("zstdcat | sudo dd of={dev} bs=16M");
+        let streamed = self
+            .ch
+            .link()
+            .session()
+            .and_then(|session| transfer::to_ssh(source, session, &command, timeout));
+        match streamed {
+            // The runtime's own lines give the rate and progress.
+            Ok(report) => info!(
+                "Flashed {label} onto {device} ({} bytes streamed, {})",
+                report.bytes, report.sha256
+            ),
+            Err(e) => {
+                // The card holds whatever arrived. Zero its start so that a
+                // half-written image is never booted as if it were the job's.
+                let wiped = self.wipe(device);
+                // A download that failed before any byte was sent leaves
+                // the old image whole, but which case this is cannot be
+                // told from here: wiping is the safe side.
+                let what = if wiped {
+                    "its first MiB was zeroed so that no partial image can boot"
+                } else {
+                    "it could not be wiped and stays switched to the control host"
+                };
+                return Err(Failure {
+                    error: PhaseError::failed(format!(
+                        "Error while piping the test image to {device} through the control host: {e}; {what}"
+                    )),
+                    keep_on_host: !wiped,
+                });
+            }
+        }
+        if let Err(e) = self.ch.run("sync", COMMAND_TIMEOUT) {
+            warn!("Something went wrong with the sync: {e}");
+        }
+        self.ch
+            .run(&format!("sudo hdparm -z {dev}"), HDPARM_TIMEOUT)
+            .map_err(|e| {
+                PhaseError::failed(format!("Unable to run hdparm to rescan partitions: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Zeroes the first MiB of `device`; whether it worked.
+    fn wipe(&mut self, device: &str) -> bool {
+        let cmd = format!(
+            "sudo dd if=/dev/zero of={} bs=1M count=1 conv=fsync",
+            quote(device)
+        );
+        match self.ch.run(&cmd, COMMAND_TIMEOUT) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("Cannot wipe the partial image on {device}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Mounts the image's labelled partitions, seeds a login, unmounts.
+    fn seed(&mut self, device: &str) -> Result<(), Failure> {
+        let mounted = self
+            .mount(device)
+            .map_err(|e| PhaseError::failed(format!("Error creating user files: {e}")))?;
+        let created = self
+            .create_user()
+            .map_err(|e| PhaseError::failed(format!("Error creating user files: {e}")));
+        let mut unmount_errors = Vec::new();
+        for dir in &mounted {
+            if let Err(e) = self
+                .ch
+                .run(&format!("sudo umount {}", quote(dir)), COMMAND_TIMEOUT)
+            {
+                unmount_errors.push(e.to_string());
+            }
+        }
+        match (created, unmount_errors.is_empty()) {
+            (Ok(()), true) => Ok(()),
+            (Ok(()), false) => Err(PhaseError::failed(format!(
+                "Cannot unmount the image: {}",
+                unmount_errors.join("; ")
+            ))
+            .into()),
+            (Err(e), true) => Err(e.into()),
+            (Err(e), false) => Err(append(
+                e,
+                &format!("unmounting failed too: {}", unmount_errors.join("; ")),
+            )
+            .into()),
+        }
+    }
+
+    /// Mounts every labelled partition of `device` at
+    /// `/mnt/<agent_name>/<label>`; returns the mount points that worked.
+    fn mount(&mut self, device: &str) -> Result<Vec<String>, Error> {
+        let lsblk = format!("lsblk -o NAME,LABEL -J {}", quote(device));
+        let env = GuestEnv::default();
+        let parts = loop {
+            let out = self.ch.run(&lsblk, COMMAND_TIMEOUT)?;
+            let parts = image::labelled_partitions(&out.stdout)
+                .map_err(|e| Error::new(ErrorKind::Failed, e))?;
+            // Labels can take a moment to show up after the rescan.
+            if !parts.is_empty() || env.elapsed() >= LABELS_WAIT {
+                break parts;
+            }
+            info!("No valid partitions found, retrying...");
+            env.sleep(self.s.poll.min(LABELS_WAIT - env.elapsed()));
+        };
+        let root = self.s.mount_root();
+        let mut mounted = Vec::new();
+        for (name, label) in parts {
+            let dir = format!("{root}/{label}");
+            let q = quote(&dir);
+            let made = self
+                .ch
+                .query(&format!("sudo mkdir -p {q}"), COMMAND_TIMEOUT)?;
+            if !made.success() {
+                warn!("Cannot create {dir}: {}", detail(&made));
+                continue;
+            }
+            let out = self.ch.query(
+                &format!("sudo mount {} {q}", quote(&format!("/dev/{name}"))),
+                COMMAND_TIMEOUT,
+            )?;
+            if out.success() {
+                mounted.push(dir);
+            } else {
+                warn!("Cannot mount /dev/{name} ({label}): {}", detail(&out));
+            }
+        }
+        Ok(mounted)
+    }
+
+    /// A query's answer: whether it exited 0, and its output.
+    fn ask(&mut self, command: &str) -> Result<Output, Error> {
+        self.ch.query(command, COMMAND_TIMEOUT)
+    }
+
+    /// What kind of image is mounted (reference order).
+    fn detect(&mut self) -> Result<ImageType, Error> {
+        let root = self.s.mount_root();
+        let info = self.ask(&format!(
+            "grep -oP {} {}",
+            quote(image::BUILDSTAMP_PATTERN),
+            quote(&format!("{root}/writable/.disk/info"))
+        ))?;
+        if info.success()
+            && let Some(kind) = image::ce_oem_iot_type(&info.stdout)
+        {
+            return Ok(kind);
+        }
+        let tegra = self.ask(&format!(
+            "ls -d {}/*-tegra*/ >/dev/null 2>&1",
+            quote(&format!("{root}/writable/lib/firmware"))
+        ))?;
+        if tegra.success() {
+            return Ok(ImageType::Tegra);
+        }
+        for (path, kind) in image::PATH_TYPES {
+            let full = format!("{root}/{path}");
+            if self.ask(&format!("test -e {}", quote(&full)))?.success() {
+                return Ok(kind);
+            }
+            debug!("Path {full} was not found, continue trying others");
+        }
+        Ok(ImageType::Unknown)
+    }
+
+    fn create_user(&mut self) -> Result<(), Error> {
+        let kind = self.detect()?;
+        info!("Image type detected: {}", kind.name());
+        info!("Creating Test User");
+        let root = self.s.mount_root();
+        let version = if kind == ImageType::PiDesktop {
+            let out = self.ask(&format!(
+                "cat {}",
+                quote(&format!("{root}/writable/etc/os-release"))
+            ))?;
+            out.success()
+                .then(|| image::version_major(&out.stdout))
+                .flatten()
+        } else {
+            None
+        };
+        let tmp = self.s.remote_tmp();
+        let mut uploaded: Vec<&str> = Vec::new();
+        for step in seed::plan(kind, &root, version) {
+            if let Some(file) = step.seed()
+                && !uploaded.contains(&file.name)
+            {
+                if uploaded.is_empty() {
+                    self.ch
+                        .run(&format!("mkdir -p {}", quote(&tmp)), COMMAND_TIMEOUT)?;
+                }
+                let path = format!("{tmp}/{}", file.name);
+                self.ch
+                    .link()
+                    .session()?
+                    .upload(&path, file.text.as_bytes(), 0o644)
+                    .map_err(|e| e.context(format!("uploading {path} to the control host")))?;
+                uploaded.push(file.name);
+            }
+            self.ch.run(&step.command(&tmp), COMMAND_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// `post_provision_script`: control-host commands whose failures are
+    /// only warned about.
+    fn post_provision(&mut self) {
+        for cmd in self.s.post_provision_script.clone() {
+            info!("Running {cmd}");
+            if let Err(e) = self.ch.run(&cmd, COMMAND_TIMEOUT) {
+                warn!("Error running {cmd}: {e}");
+            }
+        }
+    }
+
+    /// Polls until the new image answers: `boot_check_url` returns 200, or
+    /// the device accepts the agent's key (installed with the job's
+    /// password if needed).
+    fn boot_check(&mut self) -> PhaseResult<()> {
+        info!("Checking if test image booted.");
+        let env = GuestEnv::default();
+        let deadline = self.s.boot_timeout;
+        let how = match &self.s.boot_check_url {
+            Some(url) => format!("until {url} answers 200"),
+            None => "until the device accepts an SSH login".to_string(),
+        };
+        info!(
+            "Waiting up to {} s for the test image to boot ({how})",
+            secs(deadline)
+        );
+        let mut last_log = Duration::ZERO;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let result = match &self.s.boot_check_url {
+                Some(url) => check_url(url),
+                None => ssh::authorize_key("device", Duration::ZERO),
+            };
+            let e = match result {
+                Ok(()) => {
+                    info!(
+                        "The test image booted ({} s, {attempts} check(s))",
+                        secs(env.elapsed())
+                    );
+                    return Ok(());
+                }
+                Err(e) if is_permanent(&e) => {
+                    return Err(PhaseError::failed(format!(
+                        "Failed to boot test image! ({e})"
+                    )));
+                }
+                Err(e) => e,
+            };
+            let now = env.elapsed();
+            if now >= deadline {
+                return Err(PhaseError::failed(format!(
+                    "Failed to boot test image! (no answer within {} s, {attempts} check(s); last: {e})",
+                    secs(deadline)
+                )));
+            }
+            if now - last_log >= PROGRESS_EVERY {
+                info!(
+                    "Still waiting for the test image to boot ({} s left): {e}",
+                    secs(deadline - now)
+                );
+                last_log = now;
+            }
+            env.sleep(self.s.poll.min(deadline - now));
+        }
+    }
+}
+
+/// One boot check against `url`: HTTP 200 within 5 s.
+fn check_url(url: &str) -> Result<(), Error> {
+    let resp = http::fetch(http::Request::get(url).timeout(BOOT_CHECK_REQUEST_TIMEOUT))?;
+    if resp.status == 200 {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Failed,
+            format!("{url} answered {}, expecting 200", resp.status),
+        ))
+    }
+}
+
+/// The last path segment of a URL (what progress lines call the image).
+fn url_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/')
+        .find(|s| !s.is_empty() && !s.contains(':'))
+        .unwrap_or(url)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_names() {
+        assert_eq!(url_name("http://h:8/a/img.zst?x=1"), "img.zst");
+        assert_eq!(url_name("http://h/a/"), "a");
+        assert_eq!(url_name("http://h:8"), "http://h:8");
+    }
+}
