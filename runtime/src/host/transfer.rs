@@ -37,6 +37,19 @@ fn options(opts: &[(String, String)], function: &str) -> Result<TransferOptions,
     })
 }
 
+impl HostState {
+    /// The capability checks every transfer starts with: the source's grant
+    /// (`job-urls` or `attachments`) and, for a URL, the lab's URL grants.
+    fn checked_source(&self, src: Source) -> Result<service::Source, HostError> {
+        let src = service::Source::from(src);
+        self.cx.gate.check(Capability::Transfer, src.grant())?;
+        if let service::Source::Url(url) = &src {
+            self.cx.gate.check_url(Capability::Transfer, url)?;
+        }
+        Ok(src)
+    }
+}
+
 impl Host for HostState {
     async fn to_ssh(
         &mut self,
@@ -46,12 +59,8 @@ impl Host for HostState {
         timeout: u64,
         opts: Vec<(String, String)>,
     ) -> Result<Report, HostError> {
-        let src = service::Source::from(src);
         // The session itself was gated when it was opened.
-        self.cx.gate.check(Capability::Transfer, src.grant())?;
-        if let service::Source::Url(url) = &src {
-            self.cx.gate.check_url(Capability::Transfer, url)?;
-        }
+        let src = self.checked_source(src)?;
         let opts = options(&opts, "transfer.to-ssh")?;
         let timeout = duration_ms(timeout).min(self.cx.limits.host_call_timeout);
         let (conn, name) = {
@@ -76,11 +85,7 @@ impl Host for HostState {
         timeout: u64,
         opts: Vec<(String, String)>,
     ) -> Result<Report, HostError> {
-        let src = service::Source::from(src);
-        self.cx.gate.check(Capability::Transfer, src.grant())?;
-        if let service::Source::Url(url) = &src {
-            self.cx.gate.check_url(Capability::Transfer, url)?;
-        }
+        let src = self.checked_source(src)?;
         let opts = options(&opts, "transfer.to-artifact")?;
         let timeout = duration_ms(timeout).min(self.cx.limits.host_call_timeout);
         let cx = self.cx.clone();
