@@ -49,6 +49,11 @@ pub struct Manifest {
     /// Capability names per family (`ssh = ["device"]` ...).
     #[serde(default)]
     pub capabilities: BTreeMap<String, Vec<String>>,
+    /// Device-config keys behind declared capabilities that the connector
+    /// works without (muxpi skips the power cycle without `reboot_script`):
+    /// `check` reports them as optional rather than missing.
+    #[serde(default)]
+    pub optional_config: Vec<String>,
     /// Schemas of the stage data keys the connector reads
     /// (`provision_data` ...).
     #[serde(default)]

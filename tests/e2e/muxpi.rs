@@ -1302,3 +1302,39 @@ fn a_control_host_that_does_not_come_back_fails_within_the_reboot_timeout() {
     assert_eq!(lab.ch.ssh().power_events(), ["reboot"]);
     assert!(lab.ch_commands().is_empty());
 }
+
+/// `check` before any job: a device config without `reboot_script` is
+/// fine for muxpi (the connector declares it optional), one without
+/// `control_host` is not; nothing reaches the lab either way.
+#[test]
+fn check_treats_reboot_script_as_optional_and_control_host_as_required() {
+    let mut lab = lab(Opts::default());
+    lab.write(json!({"url": "http://127.0.10.3:9/x.zst"}));
+    let run = lab.rd.run(&["check", "muxpi", "-c", "default.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(run.stdout.contains("no problems found"), "{}", run.stdout);
+
+    lab.unset("reboot_script");
+    lab.write(json!({"url": "http://127.0.10.3:9/x.zst"}));
+    let run = lab.rd.run(&["check", "muxpi", "-c", "default.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("power: reboot_script   optional, not configured (reboot_script)"),
+        "{}",
+        run.stdout
+    );
+
+    lab.unset("control_host");
+    lab.write(json!({"url": "http://127.0.10.3:9/x.zst"}));
+    let run = lab.rd.run(&["check", "muxpi", "-c", "default.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("ssh: control-host   MISSING config key(s): control_host"),
+        "{}",
+        run.stdout
+    );
+    assert!(lab.ch_commands().is_empty());
+    assert!(lab.dut.power_events().is_empty());
+}

@@ -103,7 +103,9 @@ pub async fn check(
                         .map(|k| k.as_str())
                         .collect::<Vec<_>>()
                         .join(", ");
-                    if need.optional {
+                    let optional = need.optional
+                        || missing.iter().all(|k| manifest.optional_config.contains(k));
+                    if optional {
                         let _ = writeln!(
                             out,
                             "    {}: {name}   optional, not configured ({keys})",

@@ -43,6 +43,13 @@ pub fn report(bytes: &[u8], origin: &str) -> Result<String, CommandError> {
         let _ = writeln!(out, "SDK:              {sdk}");
     }
     let _ = write!(out, "declares:\n{}", describe_caps(&manifest.declared()));
+    if !manifest.optional_config.is_empty() {
+        let _ = writeln!(
+            out,
+            "optional config:  {}",
+            manifest.optional_config.join(", ")
+        );
+    }
     if !manifest.stage_data.is_empty() {
         let _ = writeln!(
             out,
