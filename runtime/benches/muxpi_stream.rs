@@ -16,96 +16,20 @@
 //! `cargo bench -p tfdc-runtime --bench muxpi_stream [-- --mib 256 --runs 3]`.
 //! Medians; the machine is shared and noisy, trust ratios.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
+use labsim::openssh::{SSHD, Sshd, user_name};
 use labsim::web::{Reply, WebServer};
 
-const SSHD: &str = "/usr/sbin/sshd";
 const IP: &str = "127.0.0.62";
-
-struct Sshd {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn user_name() -> String {
-    // SAFETY: getpwuid returns a pointer into static storage or null.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() {
-            return "root".into();
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name)
-            .to_string_lossy()
-            .into_owned()
-    }
-}
 
 fn write_exec(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// sshd with its session `PATH` starting at `fakebin`.
-fn start_sshd(dir: &Path, home: &Path, fakebin: &Path) -> Sshd {
-    let host_key = labsim::dut::write_key_pair(&dir.join("host_key"), None).unwrap();
-    std::fs::create_dir_all(home.join(".ssh")).unwrap();
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = std::net::TcpListener::bind((IP, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "ListenAddress {IP}\nPort {port}\nHostKey {hk}\nPidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {home}/.ssh/authorized_keys\nUsePAM no\nStrictModes no\n\
-             PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\n\
-             SetEnv HOME={home} PATH={bin}:/usr/local/bin:/usr/bin:/bin\n\
-             LogLevel ERROR\n",
-            hk = host_key.private_key.display(),
-            dir = dir.display(),
-            home = home.display(),
-            bin = fakebin.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(SSHD)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sshd = Sshd { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect((IP, port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let mut buf = [0u8; 8];
-            if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-2.0-" {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    sshd
 }
 
 /// Incompressible bytes (xorshift64*), so zstd cannot shrink the work.
@@ -190,7 +114,7 @@ fn ours(run_dir: &Path, home: &Path, provision_data: serde_json::Value) -> (f64,
 }
 
 fn main() {
-    if !Path::new(SSHD).exists() {
+    if !labsim::openssh::available() {
         eprintln!(
             "{SSHD} is not installed (scripts/setup.sh installs openssh-server): nothing measured"
         );
@@ -209,7 +133,7 @@ fn main() {
     for (name, code) in [("stm", 0), ("hdparm", 0), ("umount", 32)] {
         write_exec(&fakebin.join(name), &format!("#!/bin/sh\nexit {code}\n"));
     }
-    let sshd = start_sshd(&server, &remote_home, &fakebin);
+    let sshd = Sshd::start(IP, &server, &remote_home, Some(&fakebin)).unwrap();
 
     let run_dir = dir.path().join("run");
     let home = run_dir.join("home");
@@ -227,7 +151,7 @@ fn main() {
         format!(
             "Host {IP}\n    HostName {IP}\n    Port {}\n    User {user}\n    IdentityFile {}\n\
              \x20   StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    BatchMode yes\n    LogLevel ERROR\n",
-            sshd.port,
+            sshd.port(),
             agent.private_key.display()
         ),
     )

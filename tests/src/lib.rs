@@ -15,6 +15,7 @@ pub mod image;
 pub mod keyserver;
 pub mod lab;
 pub mod maas;
+pub mod openssh;
 pub mod serial;
 pub mod tfserver;
 pub mod tls;
