@@ -188,6 +188,39 @@ impl Lab {
         self.rd.stage("muxpi", "provision")
     }
 
+    /// Gives the control host a working `control_host_reboot_script` (the
+    /// simulated power controller's).
+    fn set_control_host_reboot_script(&mut self) {
+        let scripts = self
+            .ch
+            .ssh()
+            .write_power_scripts(&self.rd.path().join("ch-scripts"))
+            .unwrap();
+        self.set(
+            "control_host_reboot_script",
+            &format!("[{}]", scripts.reboot.display()),
+        );
+    }
+
+    /// Runs `provision` with the files already written, skipping the
+    /// pre-provision hook's control-host power cycle, so only the
+    /// connector's own control-host reboot is exercised.
+    fn provision_without_pre_hook(&self) -> Run {
+        crate::common::finish(
+            self.rd
+                .command(&[
+                    "muxpi",
+                    "provision",
+                    "-c",
+                    "default.yaml",
+                    "testflinger.json",
+                ])
+                .env("DISABLE_CONTROL_HOST_POWERCYCLE", "1")
+                .output()
+                .unwrap(),
+        )
+    }
+
     /// Commands the control host received, in order.
     fn ch_commands(&self) -> Vec<String> {
         self.ch.ssh().command_lines()
@@ -483,32 +516,12 @@ fn media_sd_switches_both_muxes_through_the_mux_cli() {
         "\"sudo -n muxctl sdwire set TS\"",
     );
     // Without a mux CLI this would reboot the control host; with one, not.
-    let scripts = lab
-        .ch
-        .ssh()
-        .write_power_scripts(&lab.rd.path().join("ch-scripts"))
-        .unwrap();
-    lab.set(
-        "control_host_reboot_script",
-        &format!("[{}]", scripts.reboot.display()),
-    );
+    lab.set_control_host_reboot_script();
     lab.unset("test_device");
     let image = Image::ubuntu("24.04.2", "noble").hostname("sd-image");
     let url = lab.serve(Reply::bytes(image.compressed(4096)));
     lab.write(json!({"url": url, "media": "sd", "create_user": false}));
-    let run = crate::common::finish(
-        lab.rd
-            .command(&[
-                "muxpi",
-                "provision",
-                "-c",
-                "default.yaml",
-                "testflinger.json",
-            ])
-            .env("DISABLE_CONTROL_HOST_POWERCYCLE", "1")
-            .output()
-            .unwrap(),
-    );
+    let run = lab.provision_without_pre_hook();
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         lab.ch_commands(),
@@ -1219,32 +1232,12 @@ fn configured_switch_commands_replace_the_defaults() {
 #[test]
 fn a_failing_control_host_reboot_script_is_a_provisioning_error() {
     let mut lab = lab(Opts::default());
-    let scripts = lab
-        .ch
-        .ssh()
-        .write_power_scripts(&lab.rd.path().join("ch-scripts"))
-        .unwrap();
-    lab.set(
-        "control_host_reboot_script",
-        &format!("[{}]", scripts.reboot.display()),
-    );
+    lab.set_control_host_reboot_script();
     lab.ch.ssh().set_power_fault(labsim::dut::PowerFault::Fail);
     lab.write(json!({"url": "http://127.0.10.3:9/img.zst"}));
     // Without the pre-hook's power cycle (which only warns about a failing
     // script): the connector's own SDWire reset must fail the stage.
-    let run = crate::common::finish(
-        lab.rd
-            .command(&[
-                "muxpi",
-                "provision",
-                "-c",
-                "default.yaml",
-                "testflinger.json",
-            ])
-            .env("DISABLE_CONTROL_HOST_POWERCYCLE", "1")
-            .output()
-            .unwrap(),
-    );
+    let run = lab.provision_without_pre_hook();
     assert_eq!(run.code, 1, "not 46: only the device's reboot_script is");
     assert_eq!(lab.error_name(), "ProvisioningError");
     let message = lab.error_message();
@@ -1259,31 +1252,11 @@ fn a_failing_control_host_reboot_script_is_a_provisioning_error() {
 #[test]
 fn a_control_host_that_does_not_come_back_fails_within_the_reboot_timeout() {
     let mut lab = lab(Opts::default());
-    let scripts = lab
-        .ch
-        .ssh()
-        .write_power_scripts(&lab.rd.path().join("ch-scripts"))
-        .unwrap();
-    lab.set(
-        "control_host_reboot_script",
-        &format!("[{}]", scripts.reboot.display()),
-    );
+    lab.set_control_host_reboot_script();
     lab.set("control_host_reboot_timeout", "0.5");
     lab.ch.ssh().set_boot_fault(BootFault::Never);
     lab.write(json!({"url": "http://127.0.10.3:9/img.zst"}));
-    let run = crate::common::finish(
-        lab.rd
-            .command(&[
-                "muxpi",
-                "provision",
-                "-c",
-                "default.yaml",
-                "testflinger.json",
-            ])
-            .env("DISABLE_CONTROL_HOST_POWERCYCLE", "1")
-            .output()
-            .unwrap(),
-    );
+    let run = lab.provision_without_pre_hook();
     assert_eq!(run.code, 1);
     assert_eq!(lab.error_name(), "ProvisioningError");
     let message = lab.error_message();
