@@ -13,9 +13,10 @@ use crate::stage::Stage;
 /// Version line printed by `--version`.
 pub fn version_text() -> String {
     format!(
-        "{} (WIT testflinger:connector@{}, wasmtime 48)",
+        "{} (WIT testflinger:connector@{}, also serving {}; wasmtime 48)",
         env!("CARGO_PKG_VERSION"),
-        crate::bindings::WIT_VERSION
+        crate::host::wit::LATEST,
+        crate::host::wit::served_text()
     )
 }
 

@@ -27,14 +27,12 @@ pub fn engine() -> &'static Engine {
     })
 }
 
-/// The linker with WASI (deny-by-default context) and our interfaces.
+/// The linker with WASI (deny-by-default context) and our interfaces, in
+/// every WIT version served.
 pub fn linker() -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::bindings::Connector::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-        &mut linker,
-        |state| state,
-    )?;
+    crate::host::wit::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

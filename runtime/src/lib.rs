@@ -9,7 +9,6 @@
 //! to the runtime's native [`defaults`] when the connector does not
 //! implement the stage.
 
-pub mod bindings;
 pub mod cache;
 pub mod capability;
 pub mod cli;

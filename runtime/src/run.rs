@@ -8,7 +8,6 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use wasmtime::Store;
 
-use crate::bindings::types::PhaseError;
 use crate::cache::{self, CodeCache};
 use crate::capability::{Gate, Subject};
 use crate::cli::StageArgs;
@@ -18,6 +17,10 @@ use crate::context::{ConnectorInfo, StageContext, StageSpec};
 use crate::engine;
 use crate::error::StageError;
 use crate::host::HostState;
+use crate::host::wit::{
+    self,
+    latest::types::{Failure, PhaseError},
+};
 use crate::job_file::JobFile;
 use crate::lab::{self, LoadedLab};
 use crate::manifest::{self, Manifest};
@@ -98,47 +101,15 @@ fn run_inner(args: &StageArgs, rundir: &RunDir) -> Result<u8, StageError> {
     result
 }
 
-/// Exception name for a failed phase, after the reference's classes.
-fn failure_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Provision => "ProvisioningError",
-        Stage::FirmwareUpdate => "FirmwareUpdateError",
-        Stage::Runtest => "TestError",
-        Stage::Allocate => "AllocateError",
-        Stage::Reserve => "ReserveError",
-        Stage::Cleanup => "CleanupError",
-    }
-}
-
-/// Whether a component built against WIT `theirs` belongs to the version
-/// line this runtime serves: same major version (same minor while the
-/// major is 0). A newer release of the same line still links as long as it
-/// only imports functions this runtime has; the linker says which ones are
-/// missing otherwise.
-pub fn wit_compatible(theirs: &str) -> bool {
-    let parse = |v: &str| -> Option<(u64, u64, u64)> {
-        let mut it = v.split('.').map(|p| p.parse::<u64>().ok());
-        Some((it.next()??, it.next()??, it.next()??))
-    };
-    let (Some(t), Some(o)) = (parse(theirs), parse(crate::bindings::WIT_VERSION)) else {
-        return false;
-    };
-    if o.0 == 0 {
-        t.0 == 0 && t.1 == o.1
-    } else {
-        t.0 == o.0
-    }
-}
-
 /// The first `testflinger:connector/*` interface a component imports or
-/// exports from another version line than this runtime's (or without a
+/// exports outside the version lines this runtime serves (or without a
 /// version), if any.
 pub fn foreign_interface(component: &[u8]) -> Option<String> {
     let (imports, exports) = crate::commands::inspect::interface_names(component).ok()?;
-    imports.into_iter().chain(exports).find(|name| {
-        name.strip_prefix("testflinger:connector/")
-            .is_some_and(|rest| !rest.split_once('@').is_some_and(|(_, v)| wit_compatible(v)))
-    })
+    imports
+        .into_iter()
+        .chain(exports)
+        .find(|name| wit::interface_version(name).is_some_and(|v| wit::served_line(v).is_none()))
 }
 
 /// A component loaded and checked, with everything needed to run it.
@@ -170,18 +141,15 @@ pub async fn prepare(
             resolved.origin
         ))
     })?;
-    if !wit_compatible(&manifest.wit) {
+    if wit::served_line(&manifest.wit).is_none() {
         return Err(fail(format!(
-            "connector {} {} ({}) was built against WIT testflinger:connector@{}, but this runtime implements testflinger:connector@{} (it runs 0.{}.x components); use a connector built for this runtime",
+            "connector {} {} ({}) was built against WIT testflinger:connector@{}, but this runtime serves testflinger:connector {} (latest {}); use a connector built for one of those",
             manifest.name,
             manifest.version,
             resolved.origin,
             manifest.wit,
-            crate::bindings::WIT_VERSION,
-            crate::bindings::WIT_VERSION
-                .split('.')
-                .nth(1)
-                .unwrap_or("?"),
+            wit::served_text(),
+            wit::LATEST,
         )));
     }
     // The manifest is the component's own word: check it against the
@@ -189,12 +157,12 @@ pub async fn prepare(
     // another WIT line cannot pass itself off as one of ours.
     if let Some(name) = foreign_interface(&resolved.bytes) {
         return Err(fail(format!(
-            "connector {} {} ({}) says it was built against WIT testflinger:connector@{}, but it uses {name}; this runtime implements testflinger:connector@{}; use a connector built for this runtime",
+            "connector {} {} ({}) says it was built against WIT testflinger:connector@{}, but it uses {name}; this runtime serves testflinger:connector {}; use a connector built for one of those",
             manifest.name,
             manifest.version,
             resolved.origin,
             manifest.wit,
-            crate::bindings::WIT_VERSION,
+            wit::served_text(),
         )));
     }
     if let Some(pin) = &resolved.pin
@@ -350,17 +318,15 @@ pub async fn call_phase(
     let fail = |msg: String| StageError::failed("ConnectorError", msg);
     let linker =
         engine::linker().map_err(|e| fail(format!("cannot set up host functions: {e:#}")))?;
-    let pre = linker.instantiate_pre(component).map_err(|e| {
-        fail(format!(
-            "connector {name} (built against WIT testflinger:connector@{}) does not fit this runtime (WIT testflinger:connector@{}): {e:#}; it needs a newer runtime or a rebuild against this WIT version",
+    let bindings = wit::Bindings::new(&linker, component).map_err(|e| match e {
+        wit::BindError::Imports(e) => fail(format!(
+            "connector {name} (built against WIT testflinger:connector@{}) does not fit this runtime (WIT testflinger:connector {}): {e}; it needs a newer runtime or a rebuild against a served WIT version",
             cx.connector.wit,
-            crate::bindings::WIT_VERSION
-        ))
-    })?;
-    let pre = crate::bindings::ConnectorPre::new(pre).map_err(|e| {
-        fail(format!(
-            "connector {name} does not export the phases interface: {e:#}"
-        ))
+            wit::served_text()
+        )),
+        wit::BindError::Exports(e) => fail(format!(
+            "connector {name} does not export the phases interface: {e}"
+        )),
     })?;
     let mut store = Store::new(engine::engine(), HostState::new(cx.clone()));
     store.limiter(|s| &mut s.limits);
@@ -370,19 +336,7 @@ pub async fn call_phase(
 
     let stage = cx.stage;
     let stage_timeout = cx.limits.stage_timeout;
-    let call = async {
-        let bindings = pre.instantiate_async(&mut store).await?;
-        let phases = bindings.testflinger_connector_phases();
-        let result = match stage {
-            Stage::Provision => phases.call_provision(&mut store).await?.map(|()| 0),
-            Stage::FirmwareUpdate => phases.call_firmware_update(&mut store).await?.map(|()| 0),
-            Stage::Runtest => phases.call_runtest(&mut store).await?,
-            Stage::Allocate => phases.call_allocate(&mut store).await?.map(|()| 0),
-            Stage::Reserve => phases.call_reserve(&mut store).await?.map(|()| 0),
-            Stage::Cleanup => phases.call_cleanup(&mut store).await?.map(|()| 0),
-        };
-        wasmtime::Result::<Result<i32, PhaseError>>::Ok(result)
-    };
+    let call = bindings.call(&mut store, stage);
     let outcome = tokio::time::timeout(stage_timeout, call).await;
     match outcome {
         Err(_) => Err(StageError::failed(
@@ -411,9 +365,47 @@ pub async fn call_phase(
         // Exit statuses are 8 bits, as the OS truncates them.
         Ok(Ok(Ok(status))) => Ok(Some(status as u8)),
         Ok(Ok(Err(PhaseError::Unsupported))) => Ok(None),
-        Ok(Ok(Err(PhaseError::Failed(msg)))) => Err(StageError::failed(failure_name(stage), msg)),
-        Ok(Ok(Err(PhaseError::RecoveryNeeded(msg)))) => Err(StageError::recovery(msg)),
+        Ok(Ok(Err(PhaseError::Failed(f)))) => Err(stage_error(stage, false, f)),
+        Ok(Ok(Err(PhaseError::RecoveryNeeded(f)))) => Err(stage_error(stage, true, f)),
     }
+}
+
+/// Longest error class a connector may name.
+const MAX_CLASS_LEN: usize = 64;
+
+/// A connector's failure as the agent will read it. The class must look
+/// like an exception class name (the agent shows it as `<name>: <message>`);
+/// anything else is replaced by the stage's generic class (or
+/// `RecoveryError`), and a recovery failure always exits 46 whatever its
+/// class says.
+fn stage_error(stage: Stage, recovery: bool, f: Failure) -> StageError {
+    let valid = !f.class.is_empty()
+        && f.class.len() <= MAX_CLASS_LEN
+        && f.class.starts_with(|c: char| c.is_ascii_alphabetic())
+        && f.class
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let class = if valid {
+        f.class
+    } else {
+        if !f.class.is_empty() {
+            tracing::debug!(target: "tfdc::run", "connector error class {:?} is not a class name; using the generic one", f.class);
+        }
+        if recovery {
+            "RecoveryError"
+        } else {
+            stage.failure_class()
+        }
+        .to_string()
+    };
+    let mut err = if recovery {
+        StageError::recovery(f.message)
+    } else {
+        StageError::failed(class.clone(), f.message)
+    };
+    err.name = class;
+    err.cause = f.cause.filter(|c| !c.is_empty());
+    err
 }
 
 #[cfg(test)]
@@ -421,12 +413,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wit_versions() {
-        assert!(wit_compatible("0.1.0"));
-        assert!(!wit_compatible("0.2.0"));
-        assert!(!wit_compatible("1.0.0"));
-        assert!(!wit_compatible("0.1"));
-        assert!(wit_compatible("0.1.9"));
+    fn failure_classes() {
+        let f = |class: &str, cause: Option<&str>| Failure {
+            class: class.into(),
+            message: "m".into(),
+            cause: cause.map(Into::into),
+        };
+        let e = stage_error(Stage::Provision, false, f("MaasStorageError", Some("rc 2")));
+        assert_eq!(
+            (e.name.as_str(), e.cause.as_deref(), e.exit_code()),
+            ("MaasStorageError", Some("rc 2"), 1)
+        );
+        let e = stage_error(Stage::Provision, false, f("", None));
+        assert_eq!(e.name, "ProvisioningError");
+        let e = stage_error(Stage::Cleanup, false, f("bad name\n", Some("")));
+        assert_eq!((e.name.as_str(), e.cause), ("CleanupError", None));
+        let e = stage_error(Stage::Provision, true, f("Ünïcode", None));
+        assert_eq!((e.name.as_str(), e.exit_code()), ("RecoveryError", 46));
+        let e = stage_error(Stage::Provision, true, f("DeviceGoneError", None));
+        assert_eq!((e.name.as_str(), e.exit_code()), ("DeviceGoneError", 46));
+        assert_eq!(
+            stage_error(Stage::Runtest, false, f(&"A".repeat(65), None)).name,
+            "TestError"
+        );
     }
 
     #[test]

@@ -51,6 +51,19 @@ impl Stage {
         })
     }
 
+    /// The generic error class (`exception_name`) of a failure of this
+    /// stage, after the reference's classes, for failures that name none.
+    pub fn failure_class(self) -> &'static str {
+        match self {
+            Stage::Provision => "ProvisioningError",
+            Stage::FirmwareUpdate => "FirmwareUpdateError",
+            Stage::Runtest => "TestError",
+            Stage::Allocate => "AllocateError",
+            Stage::Reserve => "ReserveError",
+            Stage::Cleanup => "CleanupError",
+        }
+    }
+
     /// The agent's name for the phase (`test` for `runtest`), used for the
     /// attachment folder and the serial log.
     pub fn agent_phase(self) -> &'static str {

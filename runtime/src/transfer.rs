@@ -209,10 +209,14 @@ impl From<TransferError> for HostError {
 }
 
 /// The same error kind as `w` with a new message.
-fn rekind(w: &crate::bindings::types::Error, text: String) -> crate::bindings::types::Error {
-    use crate::bindings::types::Error as E;
+fn rekind(
+    w: &crate::host::wit::latest::types::Error,
+    text: String,
+) -> crate::host::wit::latest::types::Error {
+    use crate::host::wit::latest::types::Error as E;
     match w {
         E::Denied(_) => E::Denied(text),
+        E::Refused(_) => E::Refused(text),
         E::NotFound(_) => E::NotFound(text),
         E::Timeout(_) => E::Timeout(text),
         E::Failed(_) => E::Failed(text),

@@ -48,7 +48,7 @@
 //! export_connector!(Noprovision);
 //! ```
 //!
-//! Stages a connector does not implement return [`PhaseError::Unsupported`]
+//! Stages a connector does not implement return [`PhaseError::unsupported`]
 //! and the runtime runs its native default (the reference behaviour of
 //! `runtest`, `reserve`, `allocate`, `cleanup`).
 
@@ -77,11 +77,11 @@ pub mod serial;
 pub mod ssh;
 pub mod transfer;
 
-pub use error::{Error, ErrorKind, PhaseError, PhaseResult, Result};
+pub use error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, Result};
 
 /// Everything a connector usually needs.
 pub mod prelude {
-    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseResult};
+    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult};
     pub use crate::job::Stage;
     pub use crate::{Connector, export_connector};
     pub use crate::{debug, error, info, warn};
@@ -95,7 +95,7 @@ pub const WIT_VERSION: &str = __wit_version!();
 #[macro_export]
 macro_rules! __wit_version {
     () => {
-        "0.1.0"
+        "0.2.0"
     };
 }
 
@@ -103,12 +103,12 @@ macro_rules! __wit_version {
 #[macro_export]
 macro_rules! __sdk_version {
     () => {
-        "0.1.0"
+        "0.2.0"
     };
 }
 
 /// A provision type's behaviour, one method per stage. Every method has a
-/// default that returns [`PhaseError::Unsupported`], which makes the
+/// default that returns [`PhaseError::unsupported`], which makes the
 /// runtime run its native default for that stage.
 pub trait Connector {
     /// Creates the connector. Called once per stage invocation.
@@ -118,32 +118,32 @@ pub trait Connector {
 
     /// Puts the job's image on the device and makes it reachable.
     fn provision(&mut self) -> PhaseResult<()> {
-        Err(PhaseError::Unsupported)
+        Err(PhaseError::unsupported())
     }
 
     /// Updates the device's firmware.
     fn firmware_update(&mut self) -> PhaseResult<()> {
-        Err(PhaseError::Unsupported)
+        Err(PhaseError::unsupported())
     }
 
     /// Runs the job's tests and returns their exit status.
     fn runtest(&mut self) -> PhaseResult<i32> {
-        Err(PhaseError::Unsupported)
+        Err(PhaseError::unsupported())
     }
 
     /// Holds the device for a multi-device job.
     fn allocate(&mut self) -> PhaseResult<()> {
-        Err(PhaseError::Unsupported)
+        Err(PhaseError::unsupported())
     }
 
     /// Gives the job's users access to the device.
     fn reserve(&mut self) -> PhaseResult<()> {
-        Err(PhaseError::Unsupported)
+        Err(PhaseError::unsupported())
     }
 
     /// Releases whatever the job took.
     fn cleanup(&mut self) -> PhaseResult<()> {
-        Err(PhaseError::Unsupported)
+        Err(PhaseError::unsupported())
     }
 }
 

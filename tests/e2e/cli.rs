@@ -89,7 +89,8 @@ fn help_and_version() {
     let run = rd.run(&["--version"]);
     assert_eq!(run.code, 0);
     assert!(
-        run.stdout.contains("WIT testflinger:connector@0.1.0"),
+        run.stdout
+            .contains("WIT testflinger:connector@0.2.0, also serving 0.1.x and 0.2.x"),
         "{}",
         run.stdout
     );

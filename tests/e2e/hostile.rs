@@ -875,7 +875,7 @@ fn hostile_reentrant_phases_stay_inside_the_invocation() {
     let (_, _, msg) = reentry_attack("reenter-self");
     assert!(
         msg.starts_with(
-            r#"depth 1 (stage provision) <- Err(PhaseError::Failed("depth 2 (stage provision) <- Err(PhaseError::Failed(\"depth 3 (stage provision)\"))"))"#
+            r#"depth 1 (stage provision) <- Err(PhaseError::Failed(Failure { class: "", message: "depth 2 (stage provision) <- Err(PhaseError::Failed(Failure { class: \"\", message: \"depth 3 (stage provision)\", cause: None }))", cause: None }))"#
         ),
         "{msg}"
     );
@@ -949,13 +949,14 @@ fn rewrite(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
 #[test]
 fn hostile_components_for_another_wit_major_are_refused() {
     let v1 = std::fs::read(labsim::fixtures::path("fixture_hostile_wit_major")).unwrap();
-    let v0_2 = rewrite(
-        &rewrite(&v1, "@1.0.0", "@0.2.0"),
+    // 0.3 is a line this runtime does not serve (0.1 and 0.2 it does).
+    let v0_3 = rewrite(
+        &rewrite(&v1, "@1.0.0", "@0.3.0"),
         "wit = \"1.0.0\"",
-        "wit = \"0.2.0\"",
+        "wit = \"0.3.0\"",
     );
     let liar = rewrite(&v1, "wit = \"1.0.0\"", "wit = \"0.1.0\"");
-    for (bytes, theirs) in [(&v1, "1.0.0"), (&v0_2, "0.2.0"), (&liar, "1.0.0")] {
+    for (bytes, theirs) in [(&v1, "1.0.0"), (&v0_3, "0.3.0"), (&liar, "1.0.0")] {
         let h = Hostile::with_component(Outside::new(), bytes, "{}", "{}", "", json!({}));
         let run = h.run();
         h.assert_contained(&run);
@@ -966,7 +967,7 @@ fn hostile_components_for_another_wit_major_are_refused() {
             "{theirs}: {msg}"
         );
         assert!(
-            msg.contains("testflinger:connector@0.1.0"),
+            msg.contains("testflinger:connector 0.1.x and 0.2.x"),
             "{theirs}: {msg}"
         );
         assert!(!run.stdout.contains("connector ran"), "{theirs}");

@@ -72,7 +72,7 @@ fn add_list_verify_and_run_a_pinned_connector() {
     assert!(
         text.contains("version: 1")
             && text.contains("sha256: sha256:")
-            && text.contains("wit: 0.1.0")
+            && text.contains("wit: 0.2.0")
     );
     // The component was copied into the content-addressed store.
     let digest = text

@@ -37,7 +37,7 @@ impl std::fmt::Display for MaasError {
 
 impl From<MaasError> for PhaseError {
     fn from(e: MaasError) -> Self {
-        PhaseError::Failed(e.message)
+        PhaseError::failed(e.message)
     }
 }
 

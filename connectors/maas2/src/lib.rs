@@ -60,8 +60,10 @@ impl Connector for Maas2 {
         let console = open_console();
         let result = node.provision();
         drop(console);
-        if let Err(PhaseError::Failed(m)) = &result {
-            error!("Provisioning failed: {m}");
+        if let Err(e) = &result
+            && e.kind() == PhaseKind::Failed
+        {
+            error!("Provisioning failed: {}", e.message());
         }
         info!("END provision");
         result

@@ -47,9 +47,9 @@ pub fn is_permanent(e: &Error) -> bool {
         ErrorKind::NotFound | ErrorKind::Invalid | ErrorKind::Limit | ErrorKind::Unsupported => {
             true
         }
-        // A refused login is worth retrying (keys and passwords appear as
-        // the target boots); a refused capability is not.
-        ErrorKind::Denied => e.message().contains("capability"),
+        // A refused login (`Refused`) is worth retrying: keys and
+        // passwords appear as the target boots. A denied capability is not.
+        ErrorKind::Denied => true,
         _ => false,
     }
 }
@@ -458,7 +458,7 @@ mod tests {
         assert!(c.run("true", Duration::from_secs(5)).is_err());
         assert_eq!(c.link.calls.len(), 1);
         assert!(!is_permanent(&Error::new(
-            ErrorKind::Denied,
+            ErrorKind::Refused,
             "ubuntu@10.0.0.2 refused the password"
         )));
     }

@@ -114,11 +114,7 @@ impl From<PhaseError> for Failure {
 
 /// Appends `more` to a phase error's message.
 fn append(e: PhaseError, more: &str) -> PhaseError {
-    match e {
-        PhaseError::Failed(m) => PhaseError::Failed(format!("{m}; {more}")),
-        PhaseError::RecoveryNeeded(m) => PhaseError::RecoveryNeeded(format!("{m}; {more}")),
-        PhaseError::Unsupported => PhaseError::Failed(more.to_string()),
-    }
+    e.also(more)
 }
 
 /// Power-cycles the device with `reboot_script` (the reference's

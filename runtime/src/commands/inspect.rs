@@ -7,6 +7,39 @@ use super::CommandError;
 use crate::commands::lab::describe_caps;
 use crate::manifest;
 
+/// How this runtime serves a component built against WIT `claimed`: the
+/// version its `phases` export really has, and whether it is the latest
+/// line or served through compatibility bindings.
+fn wit_status(claimed: &str, bytes: &[u8]) -> String {
+    use crate::host::wit;
+    let real = interface_names(bytes).ok().and_then(|(_, exports)| {
+        exports
+            .iter()
+            .find(|e| e.starts_with("testflinger:connector/phases"))
+            .and_then(|e| wit::interface_version(e).map(str::to_string))
+    });
+    let version = real.clone().unwrap_or_else(|| claimed.to_string());
+    let mut text = match wit::served_line(&version) {
+        Some(line) if line == wit::LATEST => "the latest version this runtime serves".to_string(),
+        Some(line) => format!(
+            "served through the {line} compatibility bindings; the latest is {}",
+            wit::LATEST
+        ),
+        None => format!(
+            "NOT served by this runtime, which serves {}",
+            wit::served_text()
+        ),
+    };
+    match real {
+        Some(r) if r != claimed => {
+            text.push_str(&format!("; but its phases export is @{r}"));
+        }
+        None => text.push_str("; it exports no phases interface"),
+        _ => {}
+    }
+    text
+}
+
 /// Renders the inspection report of `bytes`.
 pub fn report(bytes: &[u8], origin: &str) -> Result<String, CommandError> {
     let digest = crate::engine::digest(bytes);
@@ -33,11 +66,7 @@ pub fn report(bytes: &[u8], origin: &str) -> Result<String, CommandError> {
         out,
         "WIT:              testflinger:connector@{} ({})",
         manifest.wit,
-        if crate::run::wit_compatible(&manifest.wit) {
-            "runs on this runtime"
-        } else {
-            "NOT compatible with this runtime"
-        }
+        wit_status(&manifest.wit, bytes)
     );
     if let Some(sdk) = &manifest.sdk {
         let _ = writeln!(out, "SDK:              {sdk}");

@@ -38,13 +38,13 @@ fn pinned(lab: &LoadedLab, provision_type: &str, hint: &str) -> Result<Pin, Comm
 }
 
 fn check_fetched(f: &Fetched, provision_type: &str) -> Result<(), CommandError> {
-    if !crate::run::wit_compatible(&f.manifest.wit) {
+    if crate::host::wit::served_line(&f.manifest.wit).is_none() {
         return Err(CommandError::new(format!(
-            "{} {} was built against WIT testflinger:connector@{}; this runtime implements testflinger:connector@{}",
+            "{} {} was built against WIT testflinger:connector@{}; this runtime serves testflinger:connector {}",
             f.manifest.name,
             f.manifest.version,
             f.manifest.wit,
-            crate::bindings::WIT_VERSION
+            crate::host::wit::served_text()
         )));
     }
     if !f

@@ -1,9 +1,9 @@
 //! `http`: requests to named endpoints and to URLs the job provides.
 
 use super::{HostError, HostState, duration_ms, parse_options};
-use crate::bindings::http::{Host, Request, Response};
 use crate::capability::Capability;
 use crate::context::StageContext;
+use crate::host::wit::latest::http::{Host, Request, Response};
 use crate::http::{self as client, HttpError};
 
 impl From<HttpError> for HostError {
@@ -102,7 +102,7 @@ mod tests {
     use labsim::maas::MaasSim;
 
     use super::*;
-    use crate::bindings::job::Host as _;
+    use crate::host::wit::latest::job::Host as _;
     use crate::testing::context::{context, state};
 
     fn request(path: &str, headers: Vec<(String, String)>) -> Request {

@@ -2,7 +2,7 @@
 //! run-directory files a connector may read or write.
 
 use super::{HostError, HostState};
-use crate::bindings::job::{Host, Stage as WitStage};
+use crate::host::wit::latest::job::{Host, Stage as WitStage};
 use crate::rundir::{PathError, ReadError};
 use crate::stage::Stage;
 

@@ -3,7 +3,7 @@
 use tracing::Level;
 
 use super::HostState;
-use crate::bindings::log::{Host, Level as WitLevel};
+use crate::host::wit::latest::log::{Host, Level as WitLevel};
 use crate::logging::GUEST_TARGET;
 
 /// Log and stdout volume a connector produced in this stage.

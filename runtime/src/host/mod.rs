@@ -12,6 +12,7 @@ pub mod serial;
 pub mod ssh;
 pub mod transfer;
 pub mod types;
+pub mod wit;
 
 use std::sync::Arc;
 
@@ -20,8 +21,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::types::Error as WitError;
 use crate::context::StageContext;
+use wit::latest::types::Error as WitError;
 
 /// Bytes of guest stderr kept (panic messages end up there). Writes past
 /// it fail, which makes Rust's `eprintln!` panic.
@@ -44,6 +45,9 @@ pub enum HostError {
 impl HostError {
     pub fn denied(msg: impl Into<String>) -> Self {
         HostError::Guest(WitError::Denied(msg.into()))
+    }
+    pub fn refused(msg: impl Into<String>) -> Self {
+        HostError::Guest(WitError::Refused(msg.into()))
     }
     pub fn not_found(msg: impl Into<String>) -> Self {
         HostError::Guest(WitError::NotFound(msg.into()))
@@ -78,6 +82,7 @@ impl HostError {
         match self {
             HostError::Guest(e) => match e {
                 WitError::Denied(_) => "denied",
+                WitError::Refused(_) => "refused",
                 WitError::NotFound(_) => "not-found",
                 WitError::Timeout(_) => "timeout",
                 WitError::Failed(_) => "failed",
@@ -105,6 +110,7 @@ impl std::fmt::Display for HostError {
 pub fn wit_error_text(e: &WitError) -> &str {
     match e {
         WitError::Denied(m)
+        | WitError::Refused(m)
         | WitError::NotFound(m)
         | WitError::Timeout(m)
         | WitError::Failed(m)
@@ -308,7 +314,7 @@ pub(crate) fn test_state(
             name: "test-connector".into(),
             version: "1.0.0".into(),
             digest: String::new(),
-            wit: crate::bindings::WIT_VERSION.into(),
+            wit: crate::host::wit::LATEST.into(),
         },
         config: crate::config::DeviceConfig::parse(std::path::Path::new("default.yaml"), config)
             .unwrap(),

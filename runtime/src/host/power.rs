@@ -1,9 +1,9 @@
 //! `power`: the lab's command lists, named by device-config key.
 
 use super::{HostError, HostState, duration_ms};
-use crate::bindings::power::{ExecStyle, Host, RunOptions};
 use crate::capability::Capability;
 use crate::config::{RUNTIME_KEY, is_secret_key};
+use crate::host::wit::latest::power::{ExecStyle, Host, RunOptions};
 use crate::power::{self, PowerError, Style};
 
 impl From<PowerError> for HostError {

@@ -3,8 +3,8 @@
 use wasmtime::component::Resource;
 
 use super::{HostError, HostState, duration_ms};
-use crate::bindings::serial::{Host, HostPort};
 use crate::capability::Capability;
+use crate::host::wit::latest::serial::{Host, HostPort};
 use crate::serial::SerialPort;
 
 /// Bytes a single `write` may send.

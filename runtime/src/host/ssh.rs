@@ -11,9 +11,9 @@ use tracing::Instrument;
 use wasmtime::component::Resource;
 
 use super::{HostError, HostState, audited, bool_option, duration_ms, parse_options};
-use crate::bindings::ssh::{ExecResult, Host, HostSession};
 use crate::capability::Capability;
 use crate::context::StageContext;
+use crate::host::wit::latest::ssh::{ExecResult, Host, HostSession};
 use crate::ssh::{Connection, SessionSlot};
 
 /// The host side of a `session` resource.
@@ -303,7 +303,7 @@ mod tests {
                 name: "test-connector".into(),
                 version: "0".into(),
                 digest: "sha256:0".into(),
-                wit: crate::bindings::WIT_VERSION.into(),
+                wit: crate::host::wit::LATEST.into(),
             },
             transfers: crate::transfer::Transfers::new(limits.max_transfers),
             ssh: SshPool::new(&config, &job, &limits)

@@ -3,9 +3,9 @@
 use wasmtime::component::Resource;
 
 use super::{HostError, HostState, duration_ms, parse_options};
-use crate::bindings::transfer::{Host, Report, Source};
 use crate::capability::Capability;
 use crate::host::ssh::SessionHandle;
+use crate::host::wit::latest::transfer::{Host, Report, Source};
 use crate::transfer::{self as service, TransferOptions};
 
 /// Options both functions understand.

@@ -2,7 +2,7 @@
 //! `types.error` (or a trap).
 
 use super::{HostError, HostState};
-use crate::bindings::types::{Error, Host};
+use crate::host::wit::latest::types::{Error, Host};
 
 impl Host for HostState {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<Error> {

@@ -126,7 +126,8 @@ impl From<SshError> for HostError {
             | SshError::NoIdentity(_)
             | SshError::RemoteNotFound(_) => HostError::not_found(text),
             SshError::BadSetup(_) | SshError::Invalid(_) => HostError::invalid(text),
-            SshError::HostKey { .. } | SshError::Auth { .. } => HostError::denied(text),
+            SshError::HostKey { .. } => HostError::denied(text),
+            SshError::Auth { .. } => HostError::refused(text),
             SshError::Timeout(_) | SshError::Unreachable { .. } => HostError::timeout(text),
             SshError::Connect { .. } | SshError::Io(_) => HostError::io(text),
             SshError::Limit(_) => HostError::limit(text),

@@ -166,7 +166,7 @@ async fn identity_files_setting_overrides_config_and_defaults() {
         text.contains("refused the login") && text.contains("unauthorised"),
         "{text}"
     );
-    assert_eq!(kind(err), "denied");
+    assert_eq!(kind(err), "refused");
     lab.dut.authorize_key(&other.public_line).unwrap();
     pool.connect("device", None, T).await.unwrap();
 }
@@ -692,7 +692,7 @@ async fn authorize_key_installs_the_key_with_the_password() {
     )
     .unwrap();
     let err = pool.connect("device", None, T).await.err().unwrap();
-    assert_eq!(kind(err), "denied");
+    assert_eq!(kind(err), "refused");
 
     pool.authorize_key("device", T).await.unwrap();
     let keys = std::fs::read_to_string(dut.home().join(".ssh/authorized_keys")).unwrap();

@@ -35,7 +35,7 @@ pub fn context(
             name: "test-connector".into(),
             version: "0.0.0".into(),
             digest: "sha256:00".into(),
-            wit: crate::bindings::WIT_VERSION.into(),
+            wit: crate::host::wit::LATEST.into(),
         },
         config,
         job,
