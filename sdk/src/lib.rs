@@ -67,25 +67,40 @@ pub mod bindings {
     });
 }
 
+pub mod clock;
+pub mod config;
 mod error;
 pub mod hooks;
 pub mod http;
 pub mod job;
 pub mod log;
 pub mod power;
+pub mod provision;
 pub mod serial;
 pub mod ssh;
+mod sys;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 pub mod transfer;
+pub mod wait;
 
-pub use error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, Result};
+/// Durations and sizes: parsing as YAML writes them, and the one format of
+/// durations in log lines ([`units::human_duration`]: `250 ms`, `34 s`,
+/// `20 min`), shared with the runtime.
+pub use tfdc_units as units;
+
+pub use error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, Result, ResultExt};
 
 /// Everything a connector usually needs.
 pub mod prelude {
-    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult};
+    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, ResultExt};
     pub use crate::job::Stage;
+    pub use crate::wait::Check;
     pub use crate::{Connector, export_connector};
+    pub use crate::{
+        clock, config, hooks, http, job, log, power, provision, serial, ssh, transfer, units, wait,
+    };
     pub use crate::{debug, error, info, warn};
-    pub use crate::{hooks, http, job, log, power, serial, ssh, transfer};
 }
 
 /// The WIT package version this SDK builds against.

@@ -14,17 +14,16 @@
 
 use std::time::Duration;
 
-use crate::bindings::testflinger::connector::ssh as wit;
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
 
 /// Deadline of a command when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of a connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
+/// Characters of command output quoted in messages ([`Output::detail`]).
+pub const DETAIL_CHARS: usize = 500;
 
 /// What a remote command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,16 +37,58 @@ pub struct Output {
 }
 
 impl Output {
+    /// A command's output (for tests and fakes).
+    pub fn new(status: i32, stdout: &str, stderr: &str) -> Self {
+        Output {
+            status,
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        }
+    }
+
     /// Whether the command exited with status 0.
     pub fn success(&self) -> bool {
         self.status == 0
+    }
+
+    /// What the command said, for a message: its stderr, else its stdout,
+    /// trimmed and cut to [`DETAIL_CHARS`] characters (`...` marks a cut);
+    /// `no output` when both are empty.
+    ///
+    /// ```
+    /// use testflinger_connector::ssh::Output;
+    /// assert_eq!(Output::new(1, "partial\n", "dd: no space\n").detail(), "dd: no space");
+    /// assert_eq!(Output::new(2, " usage: stm -ts ", "").detail(), "usage: stm -ts");
+    /// assert_eq!(Output::new(1, "", "").detail(), "no output");
+    /// ```
+    pub fn detail(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            self.stdout.trim()
+        } else {
+            self.stderr.trim()
+        };
+        if text.is_empty() {
+            return "no output".to_string();
+        }
+        match text.char_indices().nth(DETAIL_CHARS) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text.to_string(),
+        }
     }
 }
 
 /// An open connection to a target.
 pub struct Session {
-    inner: wit::Session,
+    inner: sys::Session,
     target: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -69,13 +110,7 @@ impl Session {
 
     /// Runs `command` with an explicit deadline and output logging.
     pub fn exec_with(&self, command: &str, timeout: Duration, log_output: bool) -> Result<Output> {
-        let opts = vec![("log-output".to_string(), log_output.to_string())];
-        let r = self.inner.exec(command, ms(timeout), &opts)?;
-        Ok(Output {
-            status: r.status,
-            stdout: r.stdout,
-            stderr: r.stderr,
-        })
+        self.inner.exec(command, timeout, log_output)
     }
 
     /// Runs `command` and fails unless it exits with status 0; the error
@@ -90,18 +125,13 @@ impl Session {
         if out.success() {
             Ok(out)
         } else {
-            let detail = if out.stderr.trim().is_empty() {
-                &out.stdout
-            } else {
-                &out.stderr
-            };
             Err(Error::new(
                 ErrorKind::Failed,
                 format!(
                     "`{command}` on {} exited with status {}: {}",
                     self.target,
                     out.status,
-                    detail.trim()
+                    out.detail()
                 ),
             ))
         }
@@ -109,14 +139,12 @@ impl Session {
 
     /// Creates or replaces `remote_path` with `data` and permission bits `mode`.
     pub fn upload(&self, remote_path: &str, data: &[u8], mode: u32) -> Result<()> {
-        Ok(self
-            .inner
-            .upload(remote_path, data, mode, ms(DEFAULT_TIMEOUT))?)
+        self.inner.upload(remote_path, data, mode, DEFAULT_TIMEOUT)
     }
 
     /// Reads `remote_path`.
     pub fn download(&self, remote_path: &str) -> Result<Vec<u8>> {
-        Ok(self.inner.download(remote_path, ms(DEFAULT_TIMEOUT))?)
+        self.inner.download(remote_path, DEFAULT_TIMEOUT)
     }
 
     /// Copies `remote_path` to `artifacts/<artifact>` on the host.
@@ -126,12 +154,10 @@ impl Session {
         artifact: &str,
         timeout: Duration,
     ) -> Result<u64> {
-        Ok(self
-            .inner
-            .download_artifact(remote_path, artifact, ms(timeout))?)
+        self.inner.download_artifact(remote_path, artifact, timeout)
     }
 
-    pub(crate) fn raw(&self) -> &wit::Session {
+    pub(crate) fn raw(&self) -> &sys::Session {
         &self.inner
     }
 }
@@ -148,11 +174,7 @@ pub fn connect_as(target: &str, user: &str) -> Result<Session> {
 
 /// Connects with an explicit deadline and optional user.
 pub fn connect_with(target: &str, timeout: Duration, user: Option<&str>) -> Result<Session> {
-    let opts: Vec<(String, String)> = user
-        .map(|u| ("user".to_string(), u.to_string()))
-        .into_iter()
-        .collect();
-    let inner = wit::connect(target, ms(timeout), &opts)?;
+    let inner = sys::ssh_connect(target, timeout, user)?;
     Ok(Session {
         inner,
         target: target.to_string(),
@@ -162,11 +184,11 @@ pub fn connect_with(target: &str, timeout: Duration, user: Option<&str>) -> Resu
 /// Waits until `target` accepts an SSH login, polling; returns as soon as
 /// it does.
 pub fn wait_reachable(target: &str, timeout: Duration) -> Result<()> {
-    Ok(wit::wait_reachable(target, ms(timeout))?)
+    sys::ssh_wait_reachable(target, timeout)
 }
 
 /// Makes sure the agent's key is authorised on `target`, using the job's
 /// password if needed (the reference's `sshpass ... ssh-copy-id`).
 pub fn authorize_key(target: &str, timeout: Duration) -> Result<()> {
-    Ok(wit::authorize_key(target, ms(timeout))?)
+    sys::ssh_authorize_key(target, timeout)
 }
