@@ -27,7 +27,7 @@
 //!     || config::Config::load()?.text("device_ip").required("<address>"),
 //!     |ip| {
 //!         info!("Provisioning {ip}");
-//!         Ok::<(), PhaseError>(())
+//!         Ok(())
 //!     },
 //! );
 //! assert!(result.is_ok());
@@ -92,14 +92,13 @@ impl Frame {
 
     /// Runs `validate`, the hook, and `body` with what `validate` returned
     /// (see the module documentation for the order).
-    pub fn run<V, E1, E2>(
+    pub fn run<V, E>(
         self,
-        validate: impl FnOnce() -> Result<V, E1>,
-        body: impl FnOnce(V) -> Result<(), E2>,
+        validate: impl FnOnce() -> Result<V, E>,
+        body: impl FnOnce(V) -> PhaseResult<()>,
     ) -> PhaseResult<()>
     where
-        E1: Into<PhaseError>,
-        E2: Into<PhaseError>,
+        E: Into<PhaseError>,
     {
         let checked = validate().map_err(Into::into)?;
         hooks::pre_provision_with(self.manage_dut_power, self.setup_body.as_deref())?;
@@ -109,7 +108,7 @@ impl Frame {
         } else {
             None
         };
-        let result = body(checked).map_err(Into::into);
+        let result = body(checked);
         // The capture ends with the body, before the END line.
         drop(console);
         if result.is_ok() || self.end_after_failure {

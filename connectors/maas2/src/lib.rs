@@ -11,7 +11,6 @@
 //! deliberate differences from the reference.
 
 pub mod api;
-pub mod clock;
 pub mod efi;
 pub mod settings;
 pub mod storage;
@@ -19,10 +18,12 @@ pub mod userdata;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use testflinger_connector::prelude::*;
+use testflinger_connector::units::human_duration;
+use testflinger_connector::wait::Wait;
 
 use api::{Maas, MaasError};
 use settings::{Options, Settings};
@@ -51,22 +52,21 @@ impl Connector for Maas2 {
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        hooks::pre_provision(false)?;
-        let node = Node::load()?;
-        info!("BEGIN provision");
-        info!("Provisioning device");
-        // Held until the end of provisioning: the host appends everything
-        // the console prints to provision-serial.log meanwhile.
-        let console = open_console();
-        let result = node.provision();
-        drop(console);
-        if let Err(e) = &result
-            && e.kind() == PhaseKind::Failed
-        {
-            error!("Provisioning failed: {}", e.message());
-        }
-        info!("END provision");
-        result
+        // Unlike the other reference connectors, maas2 logs the failure
+        // and `END provision` after a failed provisioning too.
+        provision::Frame::new()
+            .capture_console()
+            .end_after_failure()
+            .run(Node::load, |node| {
+                info!("Provisioning device");
+                let result = node.provision();
+                if let Err(e) = &result
+                    && e.kind() == PhaseKind::Failed
+                {
+                    error!("Provisioning failed: {}", e.message());
+                }
+                result
+            })
     }
 
     fn cleanup(&mut self) -> PhaseResult<()> {
@@ -76,26 +76,25 @@ impl Connector for Maas2 {
 
 export_connector!(Maas2);
 
-fn open_console() -> Option<serial::Port> {
-    match serial::open("console") {
-        Ok(port) => Some(port),
-        // No serial_host/serial_port for this device: nothing to capture.
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(e) => {
-            warn!("The serial console is not captured: {e}");
-            None
-        }
-    }
-}
-
 fn note(message: impl AsRef<str>) {
     info!("MAAS: {}", message.as_ref());
 }
 
+/// A storage-layout failure (the reference's `MaasStorageError`).
 fn storage_failed(e: impl std::fmt::Display) -> PhaseError {
     let message = format!("Unable to configure node storage: {e}");
     error!("MAAS: {message}");
-    PhaseError::failed(message)
+    PhaseError::failed(message).class("MaasStorageError")
+}
+
+/// A MAAS call of the storage configuration that failed: a storage
+/// failure, caused by the host error behind it, if any.
+fn storage_call_failed(what: impl std::fmt::Display, e: MaasError) -> PhaseError {
+    let failed = storage_failed(format!("{what}: {e}"));
+    match e.cause {
+        Some(cause) => failed.caused_by(cause),
+        None => failed,
+    }
 }
 
 /// One deployment request.
@@ -119,9 +118,9 @@ struct Node {
 }
 
 impl Node {
-    fn load() -> PhaseResult<Node> {
-        let s = Settings::from_config(&job::config()?).map_err(PhaseError::failed)?;
-        let o = Options::from_job(&job::job()?).map_err(PhaseError::failed)?;
+    fn load() -> Result<Node, Error> {
+        let s = Settings::load()?;
+        let o = Options::load()?;
         let api = Maas::new(&s.node_id, o.debug, s.retry_base);
         Ok(Node {
             s,
@@ -303,14 +302,13 @@ impl Node {
                 ClearStep::Unmount { blk } => self.api.block_device_op(blk, "unmount", &[]),
                 ClearStep::Unformat { blk } => self.api.block_device_op(blk, "unformat", &[]),
             };
-            result.map_err(|e| storage_failed(format!("clearing the current layout: {e}")))?;
+            result.map_err(|e| storage_call_failed("clearing the current layout", e))?;
         }
         note("Applying storage layout");
         let mut partitions: HashMap<String, u64> = HashMap::new();
         let pid = |partitions: &HashMap<String, u64>, entry: &str| -> Result<u64, MaasError> {
-            partitions.get(entry).copied().ok_or_else(|| MaasError {
-                message: format!("partition `{entry}` was not created"),
-                retryable: false,
+            partitions.get(entry).copied().ok_or_else(|| {
+                MaasError::answer(format!("partition `{entry}` was not created"), false)
             })
         };
         for step in &plan.steps {
@@ -362,8 +360,7 @@ impl Node {
                     .block_device_op(*blk, "mount", &[("mount_point", path)])
                     .map(drop),
             };
-            result
-                .map_err(|e| storage_failed(format!("{}: {e}", layout.describe(step.entry()))))?;
+            result.map_err(|e| storage_call_failed(layout.describe(step.entry()), e))?;
         }
         Ok(())
     }
@@ -374,93 +371,95 @@ impl Node {
         let device_ip = self.device_ip()?;
         let timeout = self.s.deploy_timeout;
         let poll = self.s.deploy_poll;
-        let started = Instant::now();
-        let deadline = started + timeout;
-        note(format!(
-            "Waiting up to {} for the deployment (until {}), reading its state every {}",
-            clock::human(timeout),
-            clock::utc_after(timeout),
-            clock::human(poll)
-        ));
+        let started = clock::now();
         let mut last: Option<String> = None;
-        let mut next_progress = started + PROGRESS_EVERY;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            clock::sleep(poll.min(deadline - now));
-            let machine = self.api.machine()?;
-            let status = api::status_name(&machine);
-            let elapsed = clock::human(started.elapsed());
-            if last.as_deref() != Some(status.as_str()) {
-                note(format!(
-                    "Node is {status} ({elapsed} since the deployment started)"
-                ));
-                next_progress = Instant::now() + PROGRESS_EVERY;
-            } else if Instant::now() >= next_progress {
-                note(format!(
-                    "Still {status} after {elapsed}; giving up in {}",
-                    clock::human(deadline.saturating_duration_since(Instant::now()))
-                ));
-                next_progress += PROGRESS_EVERY;
-            }
-            last = Some(status.clone());
-            match status.as_str() {
-                "Failed deployment" => {
-                    error!("MAAS: MAAS reports Failed Deployment");
-                    let detail = machine
-                        .get("status_message")
-                        .and_then(Value::as_str)
-                        .filter(|m| !m.is_empty())
-                        .map(|m| format!(" MAAS says: {m}"))
-                        .unwrap_or_default();
-                    if !detail.is_empty() {
-                        error!("MAAS:{detail}");
-                    }
-                    self.log_install_log();
-                    return Err(PhaseError::failed(format!(
-                        "Provisioning failed because MAAS got unexpected or deployment failure status signal.{detail}"
-                    )));
+        let mut failure: Option<PhaseError> = None;
+        let mut stop = |e: PhaseError| {
+            let reason = Error::new(ErrorKind::Failed, e.message());
+            failure = Some(e);
+            Check::Failed(reason)
+        };
+        let waited = Wait::new("the deployment", timeout)
+            .every(poll)
+            .progress_every(PROGRESS_EVERY)
+            .prefix("MAAS: ")
+            .note(format!(
+                " (until {}), reading its state every {}",
+                clock::utc_after(timeout),
+                human_duration(poll)
+            ))
+            .done("the deployment ended")
+            .until(|| {
+                let machine = match self.api.machine() {
+                    Ok(m) => m,
+                    Err(e) => return stop(e.into()),
+                };
+                let status = api::status_name(&machine);
+                if last.as_deref() != Some(status.as_str()) {
+                    note(format!(
+                        "Node is {status} ({} since the deployment started)",
+                        human_duration(clock::now().saturating_sub(started))
+                    ));
                 }
-                "Deployed" => {
-                    let addresses: Vec<String> = machine
-                        .get("ip_addresses")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if !addresses.iter().any(|a| a == device_ip) {
-                        error!("MAAS: MAAS reports Wrong IP Address");
+                last = Some(status.clone());
+                match status.as_str() {
+                    "Failed deployment" => {
+                        error!("MAAS: MAAS reports Failed Deployment");
+                        let detail = machine
+                            .get("status_message")
+                            .and_then(Value::as_str)
+                            .filter(|m| !m.is_empty())
+                            .map(|m| format!(" MAAS says: {m}"))
+                            .unwrap_or_default();
+                        if !detail.is_empty() {
+                            error!("MAAS:{detail}");
+                        }
                         self.log_install_log();
-                        return Err(PhaseError::failed(format!(
-                            "Provisioning failed because of bad device configuration. Expected device ip {device_ip} was not any of the addresses known to maas: [{}]",
-                            addresses.join(", ")
-                        )));
+                        stop(PhaseError::failed(format!(
+                            "Provisioning failed because MAAS got unexpected or deployment failure status signal.{detail}"
+                        )))
                     }
-                    if self.booted() {
-                        note("Deployed and booted.");
-                        return Ok(());
+                    "Deployed" => {
+                        let addresses: Vec<String> = machine
+                            .get("ip_addresses")
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                            .unwrap_or_default();
+                        if !addresses.iter().any(|a| a == device_ip) {
+                            error!("MAAS: MAAS reports Wrong IP Address");
+                            self.log_install_log();
+                            return stop(PhaseError::failed(format!(
+                                "Provisioning failed because of bad device configuration. Expected device ip {device_ip} was not any of the addresses known to maas: [{}]",
+                                addresses.join(", ")
+                            )));
+                        }
+                        if self.booted() {
+                            note("Deployed and booted.");
+                            Check::Ready(())
+                        } else {
+                            Check::not_yet("deployed; the test image does not answer SSH yet")
+                        }
                     }
+                    _ => Check::not_yet(format!("the node is {status}")),
                 }
-                _ => {}
+            });
+        match waited {
+            Ok(_) => Ok(()),
+            Err(w) if !w.is_timeout() => Err(failure.unwrap_or_else(|| w.into())),
+            Err(_) => {
+                let status = last.unwrap_or_else(|| "(not read)".into());
+                error!(
+                    "MAAS: Device {} still in \"{status}\" state, deployment failed!",
+                    self.agent()
+                );
+                error!("MAAS: {}", api::excerpt(deploy_reply, 2000));
+                self.log_install_log();
+                Err(PhaseError::failed(format!(
+                    "Provisioning failed because deployment timeout. Deploying for more than {} minutes.",
+                    fmt_minutes(timeout)
+                )))
             }
         }
-        let status = last.unwrap_or_else(|| "(not read)".into());
-        error!(
-            "MAAS: Device {} still in \"{status}\" state, deployment failed!",
-            self.agent()
-        );
-        error!("MAAS: {}", api::excerpt(deploy_reply, 2000));
-        self.log_install_log();
-        Err(PhaseError::failed(format!(
-            "Provisioning failed because deployment timeout. Deploying for more than {} minutes.",
-            fmt_minutes(timeout)
-        )))
     }
 
     /// The reference's boot check: `ubuntu@device_ip /bin/true`.
@@ -504,22 +503,30 @@ impl Node {
     /// apart, until it is `Ready`. Returns whether it got there and the
     /// last state.
     fn wait_ready(&self, polls: u32) -> PhaseResult<(bool, String)> {
-        let poll = self.s.release_poll;
-        note(format!(
-            "Waiting up to {} for the node to be Ready",
-            clock::human(poll * polls)
-        ));
         let mut status = String::new();
-        for i in 0..=polls {
-            status = self.api.status()?;
-            if status == "Ready" {
-                return Ok((true, status));
-            }
-            if i < polls {
-                clock::sleep(poll);
-            }
+        let mut failure = None;
+        let waited = Wait::counted("the node to be Ready", polls + 1)
+            .every(self.s.release_poll)
+            .prefix("MAAS: ")
+            .done("the node is Ready")
+            .until(|| match self.api.status() {
+                Ok(s) if s == "Ready" => Check::Ready(()),
+                Ok(s) => {
+                    let reason = format!("the node is {s}");
+                    status = s;
+                    Check::not_yet(reason)
+                }
+                Err(e) => {
+                    let reason = Error::new(ErrorKind::Failed, e.message.clone());
+                    failure = Some(e);
+                    Check::Failed(reason)
+                }
+            });
+        match (waited, failure) {
+            (Ok(_), _) => Ok((true, "Ready".to_string())),
+            (Err(_), Some(e)) => Err(e.into()),
+            (Err(_), None) => Ok((false, status)),
         }
-        Ok((false, status))
     }
 
     /// `release`, escalating to mark-broken/mark-fixed and power-off when

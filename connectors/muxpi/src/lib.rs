@@ -23,11 +23,12 @@ pub mod shell;
 
 use std::time::Duration;
 
-use serde_json::Value;
 use testflinger_connector::prelude::*;
 use testflinger_connector::ssh::Output;
+use testflinger_connector::units::human_duration;
+use testflinger_connector::wait::Wait;
 
-use control::{Control, Env, GuestEnv, SshLink, detail, is_permanent, secs};
+use control::Control;
 use image::ImageType;
 use settings::{ImageSource, Media, Settings, Switching};
 use shell::quote;
@@ -50,8 +51,6 @@ const BOOT_CHECK_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long partition labels may take to show up after `hdparm -z`
 /// (the reference waits 10 s once).
 const LABELS_WAIT: Duration = Duration::from_secs(10);
-/// Minimum time between progress lines of long waits.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// The connector.
 pub struct Muxpi;
@@ -62,39 +61,17 @@ impl Connector for Muxpi {
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        let config = job::config()?;
-        let data: Value = job::provision_data()?;
-        let attachments = job::attachments("provision")?;
-        // A job or config that cannot work fails before anything is touched.
-        let settings =
-            Settings::from_parts(&config, &data, &attachments).map_err(PhaseError::failed)?;
-        hooks::pre_provision(true)?;
-        info!("BEGIN provision");
-        info!("Provisioning device");
-        let _console = open_console();
-        Run::new(settings).provision()?;
-        info!("END provision");
-        Ok(())
+        provision::Frame::new()
+            .manage_dut_power()
+            .capture_console()
+            .run(Settings::load, |s| {
+                info!("Provisioning device");
+                Run::new(s).provision()
+            })
     }
 }
 
 export_connector!(Muxpi);
-
-/// Starts capturing the serial console into `provision-serial.log`, if the
-/// device has one; the capture lasts as long as the port is kept.
-fn open_console() -> Option<serial::Port> {
-    match serial::open("console") {
-        Ok(port) => Some(port),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            debug!("No serial console configured: {e}");
-            None
-        }
-        Err(e) => {
-            warn!("Not capturing the serial console: {e}");
-            None
-        }
-    }
-}
 
 /// A failed step, and whether the storage must stay on the control host
 /// (it may hold a partial image that could not be wiped).
@@ -112,11 +89,6 @@ impl From<PhaseError> for Failure {
     }
 }
 
-/// Appends `more` to a phase error's message.
-fn append(e: PhaseError, more: &str) -> PhaseError {
-    e.also(more)
-}
-
 /// Power-cycles the device with `reboot_script` (the reference's
 /// `hardreset`). Only a failing script needs recovery (exit 46); a missing
 /// one does nothing.
@@ -125,14 +97,14 @@ fn hardreset(s: &Settings) -> PhaseResult<()> {
         info!("reboot_script is not configured: not power cycling the device");
         return Ok(());
     }
-    info!("Running reboot_script");
-    power::run("reboot_script").map_err(|e| {
-        if is_permanent(&e) {
+    power::hardreset().map_err(|e| {
+        if e.is_permanent() {
             PhaseError::failed(e)
         } else {
             PhaseError::recovery(format!(
                 "Cannot power cycle the device with reboot_script: {e}"
             ))
+            .caused_by(e)
         }
     })
 }
@@ -140,17 +112,12 @@ fn hardreset(s: &Settings) -> PhaseResult<()> {
 /// One provision run.
 struct Run {
     s: Settings,
-    ch: Control<SshLink, GuestEnv>,
+    ch: Control,
 }
 
 impl Run {
     fn new(s: Settings) -> Self {
-        let ch = Control::new(
-            SshLink::default(),
-            GuestEnv::default(),
-            s.poll,
-            s.control_retry,
-        );
+        let ch = Control::new(s.poll, s.control_retry);
         Run { s, ch }
     }
 
@@ -167,17 +134,11 @@ impl Run {
         } else {
             self.plug_to_dut()
         };
-        match (work, back) {
-            (Ok(()), Ok(())) => {}
-            (Ok(()), Err(e)) => return Err(e),
-            (Err(f), Ok(())) => return Err(f.error),
-            (Err(f), Err(e)) => {
-                return Err(append(
-                    f.error,
-                    &format!("switching the storage back to the device failed too: {e}"),
-                ));
-            }
-        }
+        PhaseError::merge(
+            work.map_err(|f| f.error),
+            back,
+            "switching the storage back to the device failed too",
+        )?;
         info!("Booting Test Image");
         hardreset(&self.s)?;
         self.boot_check()
@@ -197,10 +158,10 @@ impl Run {
             CONTROL_HOST_SCRIPT_TIMEOUT,
         )
         .map_err(|e| {
-            if is_permanent(&e) {
+            if e.is_permanent() {
                 PhaseError::failed(e)
             } else {
-                PhaseError::failed(format!("fail to reboot control host: {e}"))
+                PhaseError::failed(format!("fail to reboot control host: {e}")).caused_by(e)
             }
         })?;
         info!("Rebooting DUT");
@@ -210,7 +171,7 @@ impl Run {
         let t = self.s.control_host_reboot_timeout;
         self.ch
             .wait_for_reboot(t, t + t + self.s.control_retry)
-            .map_err(|e| PhaseError::failed(format!("Control host did not come back: {e}")))
+            .or_fail_detailed("Control host did not come back")
     }
 
     /// Switches the storage to the control host; returns its block device.
@@ -222,11 +183,9 @@ impl Run {
                 ..
             } => {
                 info!("Switching the storage to the control host ({to_host})");
-                self.ch.run(&to_host, COMMAND_TIMEOUT).map_err(|e| {
-                    PhaseError::failed(format!(
-                        "Cannot switch the storage to the control host: {e}"
-                    ))
-                })?;
+                self.ch
+                    .run(&to_host, COMMAND_TIMEOUT)
+                    .or_fail_detailed("Cannot switch the storage to the control host")?;
                 Ok(test_device)
             }
             Switching::MuxCli { prefix, media } => {
@@ -236,17 +195,18 @@ impl Run {
                 for m in [Media::Sd, Media::Usb] {
                     let cmd = format!("{prefix} {} plug_to_self", m.mux_word());
                     if m == media {
-                        let out = self.ch.run(&cmd, COMMAND_TIMEOUT).map_err(|e| {
-                            PhaseError::failed(format!(
-                                "Cannot switch the {} to the control host: {e}",
+                        let out = self
+                            .ch
+                            .run(&cmd, COMMAND_TIMEOUT)
+                            .or_fail_detailed(format!(
+                                "Cannot switch the {} to the control host",
                                 m.mux_word()
-                            ))
-                        })?;
+                            ))?;
                         device = Some(out.stdout.trim().to_string());
                     } else {
                         match self.ch.query(&cmd, COMMAND_TIMEOUT) {
                             Ok(out) if out.success() => {}
-                            Ok(out) => info!("`{cmd}` failed (ignored): {}", detail(&out)),
+                            Ok(out) => info!("`{cmd}` failed (ignored): {}", out.detail()),
                             Err(e) => warn!("`{cmd}` failed (ignored): {e}"),
                         }
                     }
@@ -273,9 +233,10 @@ impl Run {
             }
         };
         info!("Switching the storage back to the device ({cmd})");
-        self.ch.run(&cmd, COMMAND_TIMEOUT).map(|_| ()).map_err(|e| {
-            PhaseError::failed(format!("Cannot switch the storage back to the device: {e}"))
-        })
+        self.ch
+            .run(&cmd, COMMAND_TIMEOUT)
+            .map(drop)
+            .or_fail_detailed("Cannot switch the storage back to the device")
     }
 
     /// Everything done while the storage is on the control host.
@@ -293,18 +254,15 @@ impl Run {
     fn flash(&mut self, device: &str) -> Result<(), Failure> {
         let dev = quote(device);
         // Nothing of the card may stay mounted while it is overwritten.
+        // The reference ignores this step's errors; an unreachable control
+        // host fails the next step with its own message.
         match self
             .ch
             .query(&format!("sudo umount {dev}*"), UMOUNT_TIMEOUT)
         {
             Ok(out) if out.success() => {}
             Ok(_) => warn!("Device {device} might not be mounted"),
-            Err(e) => {
-                return Err(PhaseError::failed(format!(
-                    "Cannot reach the control host before flashing: {e}"
-                ))
-                .into());
-            }
+            Err(e) => warn!("Cannot unmount {device} on the control host (going on): {e}"),
         }
         let (source, timeout, label) = match &self.s.source {
             ImageSource::Url(url) => (
@@ -319,13 +277,12 @@ impl Run {
             ),
         };
         info!(
-            "Flashing Test image {label} on {device} (deadline {} s)",
-            secs(timeout)
+            "Flashing Test image {label} on {device} (deadline {})",
+            human_duration(timeout)
         );
         let command = format!("zstdcat | sudo dd of={dev} bs=16M");
         let streamed = self
             .ch
-            .link()
             .session()
             .and_then(|session| transfer::to_ssh(source, session, &command, timeout));
         match streamed {
@@ -349,7 +306,8 @@ impl Run {
                 return Err(Failure {
                     error: PhaseError::failed(format!(
                         "Error while piping the test image to {device} through the control host: {e}; {what}"
-                    )),
+                    ))
+                    .caused_by(e),
                     keep_on_host: !wiped,
                 });
             }
@@ -359,9 +317,7 @@ impl Run {
         }
         self.ch
             .run(&format!("sudo hdparm -z {dev}"), HDPARM_TIMEOUT)
-            .map_err(|e| {
-                PhaseError::failed(format!("Unable to run hdparm to rescan partitions: {e}"))
-            })?;
+            .or_fail_detailed("Unable to run hdparm to rescan partitions")?;
         Ok(())
     }
 
@@ -384,10 +340,10 @@ impl Run {
     fn seed(&mut self, device: &str) -> Result<(), Failure> {
         let mounted = self
             .mount(device)
-            .map_err(|e| PhaseError::failed(format!("Error creating user files: {e}")))?;
+            .or_fail_detailed("Error creating user files")?;
         let created = self
             .create_user()
-            .map_err(|e| PhaseError::failed(format!("Error creating user files: {e}")));
+            .or_fail_detailed("Error creating user files");
         let mut unmount_errors = Vec::new();
         for dir in &mounted {
             if let Err(e) = self
@@ -397,37 +353,47 @@ impl Run {
                 unmount_errors.push(e.to_string());
             }
         }
-        match (created, unmount_errors.is_empty()) {
-            (Ok(()), true) => Ok(()),
-            (Ok(()), false) => Err(PhaseError::failed(format!(
+        let unmounted = if unmount_errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PhaseError::failed(format!(
                 "Cannot unmount the image: {}",
                 unmount_errors.join("; ")
-            ))
-            .into()),
-            (Err(e), true) => Err(e.into()),
-            (Err(e), false) => Err(append(
-                e,
-                &format!("unmounting failed too: {}", unmount_errors.join("; ")),
-            )
-            .into()),
-        }
+            )))
+        };
+        Ok(PhaseError::merge(
+            created,
+            unmounted,
+            "unmounting failed too",
+        )?)
     }
 
     /// Mounts every labelled partition of `device` at
     /// `/mnt/<agent_name>/<label>`; returns the mount points that worked.
     fn mount(&mut self, device: &str) -> Result<Vec<String>, Error> {
         let lsblk = format!("lsblk -o NAME,LABEL -J {}", quote(device));
-        let env = GuestEnv::default();
-        let parts = loop {
-            let out = self.ch.run(&lsblk, COMMAND_TIMEOUT)?;
-            let parts = image::labelled_partitions(&out.stdout)
-                .map_err(|e| Error::new(ErrorKind::Failed, e))?;
-            // Labels can take a moment to show up after the rescan.
-            if !parts.is_empty() || env.elapsed() >= LABELS_WAIT {
-                break parts;
+        // Labels can take a moment to show up after the rescan.
+        let found = Wait::new(
+            format!("finding labelled partitions on {device}"),
+            LABELS_WAIT,
+        )
+        .every(self.s.poll)
+        .retry()
+        .until(|| {
+            let parts = self.ch.run(&lsblk, COMMAND_TIMEOUT).and_then(|out| {
+                image::labelled_partitions(&out.stdout)
+                    .map_err(|e| Error::new(ErrorKind::Failed, e))
+            });
+            match parts {
+                Ok(p) if p.is_empty() => Check::not_yet("no valid partitions found"),
+                Ok(p) => Check::Ready(p),
+                Err(e) => Check::Failed(e),
             }
-            info!("No valid partitions found, retrying...");
-            env.sleep(self.s.poll.min(LABELS_WAIT - env.elapsed()));
+        });
+        let parts = match found {
+            Ok(w) => w.value,
+            Err(w) if w.is_timeout() => Vec::new(),
+            Err(w) => return Err(w.into_reason()),
         };
         let root = self.s.mount_root();
         let mut mounted = Vec::new();
@@ -438,7 +404,7 @@ impl Run {
                 .ch
                 .query(&format!("sudo mkdir -p {q}"), COMMAND_TIMEOUT)?;
             if !made.success() {
-                warn!("Cannot create {dir}: {}", detail(&made));
+                warn!("Cannot create {dir}: {}", made.detail());
                 continue;
             }
             let out = self.ch.query(
@@ -448,7 +414,7 @@ impl Run {
             if out.success() {
                 mounted.push(dir);
             } else {
-                warn!("Cannot mount /dev/{name} ({label}): {}", detail(&out));
+                warn!("Cannot mount /dev/{name} ({label}): {}", out.detail());
             }
         }
         Ok(mounted)
@@ -517,7 +483,6 @@ impl Run {
                 }
                 let path = format!("{tmp}/{}", file.name);
                 self.ch
-                    .link()
                     .session()?
                     .upload(&path, file.text.as_bytes(), 0o644)
                     .map_err(|e| e.context(format!("uploading {path} to the control host")))?;
@@ -544,55 +509,37 @@ impl Run {
     /// password if needed).
     fn boot_check(&mut self) -> PhaseResult<()> {
         info!("Checking if test image booted.");
-        let env = GuestEnv::default();
-        let deadline = self.s.boot_timeout;
-        let how = match &self.s.boot_check_url {
-            Some(url) => format!("until {url} answers 200"),
-            None => "until the device accepts an SSH login".to_string(),
+        let url = self.s.boot_check_url.as_deref();
+        let how = match url {
+            Some(url) => format!(" (until {url} answers 200)"),
+            None => " (until the device accepts an SSH login)".to_string(),
         };
-        info!(
-            "Waiting up to {} s for the test image to boot ({how})",
-            secs(deadline)
-        );
-        let mut last_log = Duration::ZERO;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let result = match &self.s.boot_check_url {
-                Some(url) => check_url(url),
-                None => ssh::authorize_key("device", Duration::ZERO),
-            };
-            let e = match result {
-                Ok(()) => {
-                    info!(
-                        "The test image booted ({} s, {attempts} check(s))",
-                        secs(env.elapsed())
-                    );
-                    return Ok(());
+        let deadline = self.s.boot_timeout;
+        Wait::new("the test image to boot", deadline)
+            .every(self.s.poll)
+            .note(how)
+            .done("the test image booted")
+            .until(|| {
+                match url {
+                    Some(url) => check_url(url),
+                    None => ssh::authorize_key("device", Duration::ZERO),
                 }
-                Err(e) if is_permanent(&e) => {
-                    return Err(PhaseError::failed(format!(
-                        "Failed to boot test image! ({e})"
-                    )));
-                }
-                Err(e) => e,
-            };
-            let now = env.elapsed();
-            if now >= deadline {
-                return Err(PhaseError::failed(format!(
-                    "Failed to boot test image! (no answer within {} s, {attempts} check(s); last: {e})",
-                    secs(deadline)
-                )));
-            }
-            if now - last_log >= PROGRESS_EVERY {
-                info!(
-                    "Still waiting for the test image to boot ({} s left): {e}",
-                    secs(deadline - now)
-                );
-                last_log = now;
-            }
-            env.sleep(self.s.poll.min(deadline - now));
-        }
+                .into()
+            })
+            .map(drop)
+            .map_err(|w| {
+                let message = if w.is_timeout() {
+                    format!(
+                        "Failed to boot test image! (no answer within {}, {} check(s); last: {})",
+                        human_duration(deadline),
+                        w.checks(),
+                        w.reason()
+                    )
+                } else {
+                    format!("Failed to boot test image! ({})", w.reason())
+                };
+                PhaseError::failed(message).caused_by(w.into_reason())
+            })
     }
 }
 
