@@ -373,6 +373,35 @@ pub trait ResultExt<T> {
     fn or_recover(self, what: impl fmt::Display) -> PhaseResult<T>;
 }
 
+/// Mappings that depend on the kind of a host call's [`Error`] (see
+/// [`ResultExt`] for the ones that do not).
+///
+/// ```
+/// use testflinger_connector::prelude::*;
+/// let hung: testflinger_connector::Result<()> = Err(Error::new(ErrorKind::Timeout, "`sleep 600` did not exit"));
+/// let e = hung.or_recover_on_timeout("timeout reaching control host!").unwrap_err();
+/// assert!(e.is_recovery() && e.cause() == Some("`sleep 600` did not exit"));
+/// ```
+pub trait HostResultExt<T> {
+    /// [`PhaseError::recovery_on_timeout`] with the reference's message: a
+    /// timeout needs recovery (`what`, caused by the error), anything else
+    /// is a plain failure with the error's message (how noprovision and
+    /// dragonboard treat their `reboot_script`).
+    fn or_recover_on_timeout(self, what: impl fmt::Display) -> PhaseResult<T>;
+}
+
+impl<T> HostResultExt<T> for Result<T> {
+    fn or_recover_on_timeout(self, what: impl fmt::Display) -> PhaseResult<T> {
+        self.map_err(|e| {
+            if e.is_timeout() {
+                PhaseError::recovery(what).caused_by(e)
+            } else {
+                e.into()
+            }
+        })
+    }
+}
+
 impl<T, E: fmt::Display> ResultExt<T> for core::result::Result<T, E> {
     fn or_fail(self, what: impl fmt::Display) -> PhaseResult<T> {
         self.map_err(|e| PhaseError::failed(what).caused_by(e))

@@ -65,6 +65,12 @@ pub fn config_str(key: &str) -> Result<Option<String>> {
     })
 }
 
+/// A job key as JSON, `default` when the job has none (the reference's
+/// `job_data.get(key, default)`; a null stays null).
+pub fn value_or(key: &str, default: Value) -> Result<Value> {
+    Ok(sys::job()?.get(key).cloned().unwrap_or(default))
+}
+
 /// A job key deserialized into `T`, or `T::default()` when absent or null.
 pub fn section<T: DeserializeOwned + Default>(key: &str) -> Result<T> {
     match sys::job()?.get(key) {

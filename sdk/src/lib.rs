@@ -89,11 +89,15 @@ pub mod wait;
 /// `20 min`), shared with the runtime.
 pub use tfdc_units as units;
 
-pub use error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, Result, ResultExt};
+pub use error::{
+    Error, ErrorKind, HostResultExt, PhaseError, PhaseKind, PhaseResult, Result, ResultExt,
+};
 
 /// Everything a connector usually needs.
 pub mod prelude {
-    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, ResultExt};
+    pub use crate::error::{
+        Error, ErrorKind, HostResultExt, PhaseError, PhaseKind, PhaseResult, ResultExt,
+    };
     pub use crate::job::Stage;
     pub use crate::wait::Check;
     pub use crate::{Connector, export_connector};

@@ -1,8 +1,9 @@
 //! The standard `provision` frame, in the reference's order (every
 //! connector's `provision` in `devices/*/__init__.py`):
 //!
-//! 1. check the job and the device config (`validate`), so that a job that
-//!    cannot work fails before anything is touched;
+//! 1. check the job and the device config (`validate`, given the
+//!    [`Config`]), so that a job that cannot work fails before anything is
+//!    touched;
 //! 2. the pre-provision hook ([`crate::hooks`], §3.3): the control host's
 //!    power cycle (with the device's power when
 //!    [`Frame::manage_dut_power`]), `Setting up provisioning on control
@@ -24,7 +25,7 @@
 //!
 //! let host = FakeHost::new().config(serde_json::json!({"device_ip": "10.0.0.5"})).install();
 //! let result = provision::Frame::new().run(
-//!     || config::Config::load()?.text("device_ip").required("<address>"),
+//!     |cfg| cfg.text("device_ip").required("<address>"),
 //!     |ip| {
 //!         info!("Provisioning {ip}");
 //!         Ok(())
@@ -40,6 +41,7 @@
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::error::{PhaseError, PhaseResult};
 use crate::{hooks, log, serial};
 
@@ -90,17 +92,17 @@ impl Frame {
         self
     }
 
-    /// Runs `validate`, the hook, and `body` with what `validate` returned
-    /// (see the module documentation for the order).
+    /// Runs `validate` on the device config, the hook, and `body` with what
+    /// `validate` returned (see the module documentation for the order).
     pub fn run<V, E>(
         self,
-        validate: impl FnOnce() -> Result<V, E>,
+        validate: impl FnOnce(&Config) -> Result<V, E>,
         body: impl FnOnce(V) -> PhaseResult<()>,
     ) -> PhaseResult<()>
     where
         E: Into<PhaseError>,
     {
-        let checked = validate().map_err(Into::into)?;
+        let checked = validate(&Config::load()?).map_err(Into::into)?;
         hooks::pre_provision_with(self.manage_dut_power, self.setup_body.as_deref())?;
         log::info("BEGIN provision");
         let console = if self.console {

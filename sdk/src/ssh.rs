@@ -16,11 +16,16 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
+use crate::wait::{Check, Wait, WaitError};
 
 /// Deadline of a command when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of a connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long OpenSSH without a `ConnectTimeout` (the reference's `ssh`
+/// commands) waits for a target that does not answer at all: about when
+/// Linux gives up on a TCP connection. A bound for [`probe`].
+pub const OPENSSH_CONNECT_WAIT: Duration = Duration::from_secs(120);
 
 /// Characters of command output quoted in messages ([`Output::detail`]).
 pub const DETAIL_CHARS: usize = 500;
@@ -179,6 +184,48 @@ pub fn connect_with(target: &str, timeout: Duration, user: Option<&str>) -> Resu
         inner,
         target: target.to_string(),
     })
+}
+
+/// The reference's `ssh <target> /bin/true` check: one login that runs
+/// `/bin/true`. A target that does not answer at all is tried again (each
+/// attempt is bounded by the host's connect timeout) until `limit`, as
+/// ssh without a timeout keeps waiting; any other failure (a refused
+/// connection or login, a missing grant) is returned at once, with its
+/// kind, as ssh gives up then.
+///
+/// ```
+/// use std::time::Duration;
+/// use testflinger_connector::prelude::*;
+/// use testflinger_connector::testing::{FakeHost, err};
+///
+/// let host = FakeHost::new()
+///     .config(serde_json::json!({"device_ip": "10.0.0.5"}))
+///     .connect("device", [err(ErrorKind::Io, "connection refused")])
+///     .install();
+/// let e = ssh::probe("device", ssh::OPENSSH_CONNECT_WAIT).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Io);
+/// assert_eq!(host.trace(), ["ssh connect device"]);
+/// ```
+pub fn probe(target: &str, limit: Duration) -> Result<()> {
+    Wait::new(format!("an SSH login to {target}"), limit)
+        .every(Duration::from_secs(1))
+        .retry()
+        .until(|| {
+            let ran =
+                connect_with(target, CONNECT_TIMEOUT, None).and_then(|s| s.exec_quiet("/bin/true"));
+            match ran {
+                Ok(out) if out.success() => Check::Ready(()),
+                Ok(out) => Check::Failed(Error::new(
+                    ErrorKind::Failed,
+                    format!("`/bin/true` on {target} exited with status {}", out.status),
+                )),
+                // No answer at all: ssh would still be waiting.
+                Err(e) if e.is_timeout() => Check::NotYet(e),
+                Err(e) => Check::Failed(e),
+            }
+        })
+        .map(drop)
+        .map_err(WaitError::into_reason)
 }
 
 /// Waits until `target` accepts an SSH login, polling; returns as soon as

@@ -21,28 +21,21 @@ pub fn indented_json(value: &Value) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
+/// What the connector prints before the `provision_data`.
+const INTRO: &str =
+    "fake_connector: nothing is provisioned by this connector.\nThe job's provision_data:";
+
 impl Connector for FakeConnector {
     fn new() -> Self {
         FakeConnector
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        // As the reference: `provision_data` as the job has it (a null
-        // stays null), `{}` without one.
-        let provision_data = || {
-            Ok::<_, Error>(
-                job::job()?
-                    .get("provision_data")
-                    .cloned()
-                    .unwrap_or_else(|| Value::Object(Default::default())),
-            )
-        };
-        provision::Frame::new().run(provision_data, |data| {
+        let data = |_: &_| job::value_or("provision_data", Value::Object(Default::default()));
+        provision::Frame::new().run(data, |data| {
             let rule = "*".repeat(40);
             let text = indented_json(&data);
-            log::print(&format!(
-                "{rule}\nfake_connector: nothing is provisioned by this connector.\nThe job's provision_data:\n{text}\n{rule}\n"
-            ));
+            log::print(&format!("{rule}\n{INTRO}\n{text}\n{rule}\n"));
             Ok(())
         })
     }

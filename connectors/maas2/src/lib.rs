@@ -57,20 +57,27 @@ impl Connector for Maas2 {
         provision::Frame::new()
             .capture_console()
             .end_after_failure()
-            .run(Node::load, |node| {
-                info!("Provisioning device");
-                let result = node.provision();
-                if let Err(e) = &result
-                    && e.kind() == PhaseKind::Failed
-                {
-                    error!("Provisioning failed: {}", e.message());
-                }
-                result
-            })
+            .run(
+                |cfg| {
+                    let node = Node::load(cfg)?;
+                    let layouts = node.check()?;
+                    Ok::<_, PhaseError>((node, layouts))
+                },
+                |(node, layouts)| {
+                    info!("Provisioning device");
+                    let result = node.provision(&layouts);
+                    if let Err(e) = &result
+                        && e.kind() == PhaseKind::Failed
+                    {
+                        error!("Provisioning failed: {}", e.message());
+                    }
+                    result
+                },
+            )
     }
 
     fn cleanup(&mut self) -> PhaseResult<()> {
-        Node::load()?.recover()
+        Node::load(&config::Config::load()?)?.recover()
     }
 }
 
@@ -108,6 +115,14 @@ struct Deploy<'a> {
     ephemeral: bool,
 }
 
+/// The storage layouts, checked against the static rules.
+struct Layouts {
+    /// `provision_data.disks`.
+    job: Option<Layout>,
+    /// `default_disks`.
+    default: Option<Layout>,
+}
+
 /// The machine this invocation works on.
 struct Node {
     s: Settings,
@@ -118,8 +133,8 @@ struct Node {
 }
 
 impl Node {
-    fn load() -> Result<Node, Error> {
-        let s = Settings::load()?;
+    fn load(cfg: &config::Config) -> Result<Node, Error> {
+        let s = Settings::from_config(cfg)?;
         let o = Options::load()?;
         let api = Maas::new(&s.node_id, o.debug, s.retry_base);
         Ok(Node {
@@ -146,25 +161,25 @@ impl Node {
         })
     }
 
-    fn provision(&self) -> PhaseResult<()> {
+    /// Checks what can be checked before MAAS or the device is touched:
+    /// `device_ip` and the static rules of the storage layouts.
+    fn check(&self) -> PhaseResult<Layouts> {
         self.device_ip()?;
-        // Everything that can be checked is checked before MAAS or the
-        // device is touched.
-        let job_layout = self
-            .o
-            .disks
-            .as_ref()
-            .map(|d| Layout::parse(d, "provision_data.disks"))
-            .transpose()
-            .map_err(storage_failed)?;
-        let default_layout = self
-            .s
-            .default_disks
-            .as_ref()
-            .map(|d| Layout::parse(d, "default_disks"))
-            .transpose()
-            .map_err(storage_failed)?;
-        let layout = job_layout.as_ref().or(default_layout.as_ref());
+        let parse = |value: Option<&Value>, source: &str| {
+            value
+                .map(|d| Layout::parse(d, source))
+                .transpose()
+                .map_err(storage_failed)
+        };
+        Ok(Layouts {
+            job: parse(self.o.disks.as_ref(), "provision_data.disks")?,
+            default: parse(self.s.default_disks.as_ref(), "default_disks")?,
+        })
+    }
+
+    fn provision(&self, layouts: &Layouts) -> PhaseResult<()> {
+        let default_layout = layouts.default.as_ref();
+        let layout = layouts.job.as_ref().or(default_layout);
         let user_data = self.o.user_data.as_deref().map(|text| {
             let (value, encoded) = userdata::for_maas(text);
             if encoded {
@@ -174,7 +189,7 @@ impl Node {
         });
         note("Reading node's block device information");
         let devices = self.api.block_devices()?;
-        for l in [layout, default_layout.as_ref().filter(|_| self.s.clear_tpm)]
+        for l in [layout, default_layout.filter(|_| self.s.clear_tpm)]
             .into_iter()
             .flatten()
         {
@@ -185,7 +200,7 @@ impl Node {
             if self.s.reset_efi {
                 self.efi_fix();
             }
-            self.clear_tpm(default_layout.as_ref())?;
+            self.clear_tpm(default_layout)?;
         }
         self.deploy(&Deploy {
             distro: self.o.distro.clone(),
@@ -666,5 +681,166 @@ fn fmt_minutes(d: Duration) -> String {
         format!("{m:.0}")
     } else {
         format!("{}", (m * 1000.0).round() / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    use testflinger_connector::testing::{FakeHost, Installed, err, pattern, response};
+
+    use super::*;
+
+    fn config() -> Value {
+        json!({
+            "agent_name": "maas-1", "node_id": "abc", "device_ip": "10.0.0.7",
+            "maas_url": "http://maas:5240/MAAS",
+        })
+    }
+
+    fn machine(status: &str) -> testflinger_connector::Result<http::Response> {
+        response(
+            200,
+            &json!({"status_name": status, "ip_addresses": ["10.0.0.7"]}).to_string(),
+        )
+    }
+
+    fn host(job: Value) -> FakeHost {
+        FakeHost::new().config(config()).job(job)
+    }
+
+    fn reads(host: &Installed) -> usize {
+        host.trace()
+            .iter()
+            .filter(|c| *c == "http maas GET /api/2.0/machines/abc/")
+            .count()
+    }
+
+    #[test]
+    fn cleanup_releases_and_waits_until_ready() {
+        let host = host(json!({}))
+            .http(
+                "maas",
+                "POST /api/2.0/machines/abc/?op=release",
+                [response(200, "{}")],
+            )
+            .http(
+                "maas",
+                "GET /api/2.0/machines/abc/",
+                [machine("Releasing"), machine("Ready")],
+            )
+            .install();
+        Maas2::new().cleanup().unwrap();
+        assert_eq!(reads(&host), 2);
+        assert!(host.logged("INFO MAAS: Successfully released node maas-1"));
+        assert!(host.logged("INFO MAAS: The node is Ready after 10 s, 2 checks"));
+    }
+
+    #[test]
+    fn a_node_that_never_gets_ready_needs_recovery_after_the_escalation() {
+        let ok = || [response(200, "{}")];
+        let host = host(json!({}))
+            .http("maas", pattern(r"^POST /api/2.0/machines/abc/\?op="), ok())
+            .http("maas", "GET /api/2.0/machines/abc/", [machine("Releasing")])
+            .install();
+        let e = Maas2::new().cleanup().unwrap_err();
+        assert!(e.is_recovery());
+        assert!(e.message().starts_with("Device recovery failed!"), "{e}");
+        // 1 + 30 reads after the release, 1 + 3 after each recovery step,
+        // 10 s apart on the virtual clock.
+        assert_eq!(reads(&host), 31 + 4 + 4);
+        assert_eq!(host.elapsed(), Duration::from_secs(10 * (30 + 3 + 3)));
+        let ops: Vec<String> = host
+            .trace()
+            .into_iter()
+            .filter(|c| c.starts_with("http maas POST"))
+            .collect();
+        assert_eq!(
+            ops,
+            ["release", "mark_broken", "mark_fixed", "power_off"]
+                .map(|op| format!("http maas POST /api/2.0/machines/abc/?op={op}"))
+        );
+    }
+
+    #[test]
+    fn failed_calls_back_off_and_keep_the_host_error_as_their_cause() {
+        let host = host(json!({}))
+            .http(
+                "maas",
+                "POST /api/2.0/machines/abc/?op=release",
+                [err(ErrorKind::Io, "connection refused")],
+            )
+            .install();
+        let e = Maas2::new().cleanup().unwrap_err();
+        assert_eq!(e.kind(), PhaseKind::Failed);
+        assert!(
+            e.message()
+                .starts_with("POST machines/abc/?op=release failed 4 times: [1] "),
+            "{e}"
+        );
+        assert_eq!(e.cause(), Some("connection refused"));
+        // 10, 20 and 40 s between the four attempts.
+        assert_eq!(host.elapsed(), Duration::from_secs(70));
+        assert!(host.logged("WARNING MAAS: POST machines/abc/?op=release failed (POST machines/abc/?op=release: connection refused); trying again in 40 s"));
+    }
+
+    #[test]
+    fn storage_layout_errors_are_maas_storage_errors_found_before_any_change() {
+        let disks = json!([
+            {"id": "d0", "type": "disk"},
+            {"id": "p1", "type": "partition", "device": "d0", "alloc_pct": 60},
+            {"id": "p2", "type": "partition", "device": "d0", "alloc_pct": 50},
+        ]);
+        let host = host(json!({"provision_data": {"disks": disks}})).install();
+        let e = Maas2::new().provision().unwrap_err();
+        assert_eq!(e.class_name(), Some("MaasStorageError"));
+        assert!(e.message().contains("exceeds 100"), "{e}");
+        // Not even the pre-provision hook ran.
+        assert!(host.trace().is_empty(), "{:?}", host.trace());
+        assert!(!host.logged("BEGIN provision"));
+    }
+
+    #[test]
+    fn a_deployment_that_never_ends_times_out_after_timeout_min() {
+        let mut cfg = config();
+        cfg["timeout_min"] = json!(5);
+        let ok = || [response(200, "{}")];
+        let host = FakeHost::new()
+            .config(cfg)
+            .job(json!({"provision_data": {"distro": "noble"}}))
+            .http(
+                "maas",
+                "GET /api/2.0/nodes/abc/blockdevices/",
+                [response(200, "[]")],
+            )
+            .http("maas", pattern("^POST "), ok())
+            .http(
+                "maas",
+                "GET /api/2.0/nodes/abc/results/?type=installation",
+                [response(200, "[]")],
+            )
+            .http(
+                "maas",
+                "GET /api/2.0/machines/abc/",
+                [machine("Ready"), machine("Ready"), machine("Deploying")],
+            )
+            .install();
+        let e = Maas2::new().provision().unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Provisioning failed because deployment timeout. Deploying for more than 5 minutes."
+        );
+        assert!(host.logged("INFO MAAS: Waiting up to 5 min for the deployment (until 2027-01-01 00:05:00 UTC), reading its state every 60 s"));
+        assert!(host.logged("INFO MAAS: Node is Deploying (0 ms since the deployment started)"));
+        assert!(host.logged(
+            "INFO MAAS: Still waiting for the deployment (4 min left): the node is Deploying"
+        ));
+        assert!(
+            host.logged("MAAS: Device maas-1 still in \"Deploying\" state, deployment failed!")
+        );
+        assert!(
+            host.trace()
+                .contains(&"http maas POST /api/2.0/machines/abc/?op=deploy".to_string())
+        );
     }
 }

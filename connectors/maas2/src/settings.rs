@@ -41,11 +41,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the stage's device config.
-    pub fn load() -> Result<Settings> {
-        Settings::from_config(&Config::load()?)
-    }
-
     /// Reads the device config (as the connector sees it).
     pub fn from_config(c: &Config) -> Result<Settings> {
         if c.text("maas_url").optional()?.is_none() {

@@ -567,6 +567,9 @@ fn url_name(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+    use testflinger_connector::testing::{FakeHost, Installed, err, exit, pattern, response};
+
     use super::*;
 
     #[test]
@@ -574,5 +577,206 @@ mod tests {
         assert_eq!(url_name("http://h:8/a/img.zst?x=1"), "img.zst");
         assert_eq!(url_name("http://h/a/"), "a");
         assert_eq!(url_name("http://h:8"), "http://h:8");
+    }
+
+    fn config() -> Value {
+        json!({
+            "agent_name": "pi-1", "control_host": "10.0.0.2", "device_ip": "10.0.0.3",
+            "test_device": "/dev/sda", "reboot_script": ["pdu 3 cycle"],
+            "muxpi_poll_seconds": 1, "muxpi_control_retry_seconds": 3,
+        })
+    }
+
+    /// A host for a URL image without user creation; `more` adds scripts.
+    fn run(data: Value, more: impl FnOnce(FakeHost) -> FakeHost) -> (Installed, PhaseResult<()>) {
+        let mut pd = json!({"url": "http://images/img.zst", "create_user": false});
+        pd.as_object_mut()
+            .unwrap()
+            .extend(data.as_object().unwrap().clone());
+        let host = more(
+            FakeHost::new()
+                .config(config())
+                .job(json!({"provision_data": pd})),
+        )
+        .install();
+        let result = Muxpi::new().provision();
+        (host, result)
+    }
+
+    const FLASH: [&str; 4] = [
+        "sudo umount /dev/sda*",
+        "zstdcat | sudo dd of=/dev/sda bs=16M",
+        "sync",
+        "sudo hdparm -z /dev/sda",
+    ];
+
+    #[test]
+    fn a_url_image_is_flashed_switched_back_booted_and_checked() {
+        let (host, result) = run(json!({}), |h| h);
+        result.unwrap();
+        let mut want = vec!["stm -ts"];
+        want.extend(FLASH);
+        want.push("stm -dut");
+        assert_eq!(host.commands("control-host"), want);
+        let trace = host.trace();
+        let tail = &trace[trace.len() - 2..];
+        assert_eq!(tail, ["power reboot_script", "authorize-key device"]);
+        assert!(host.logged("INFO Running pdu 3 cycle"));
+        assert!(host.logged("INFO The test image booted after 0 ms, 1 check"));
+    }
+
+    #[test]
+    fn an_unreachable_control_host_at_umount_only_warns() {
+        let (host, result) = run(json!({}), |h| {
+            // The umount never gets through; the host is back afterwards.
+            h.exec(
+                "control-host",
+                "sudo umount /dev/sda*",
+                [err(ErrorKind::Io, "connection reset")],
+            )
+            .reachable(
+                "control-host",
+                [err(ErrorKind::Io, "connection refused"), Ok(())],
+            )
+        });
+        // The reference ignores the step's errors: flashing goes on.
+        result.unwrap();
+        assert!(host.logged(
+            "WARNING Cannot unmount /dev/sda on the control host (going on): `sudo umount /dev/sda*` on the control host failed after"
+        ));
+        assert!(
+            host.commands("control-host")
+                .contains(&FLASH[1].to_string())
+        );
+    }
+
+    #[test]
+    fn a_failed_stream_zeroes_the_card_and_gives_it_back_without_booting() {
+        let (host, result) = run(json!({}), |h| {
+            h.transfers([err(ErrorKind::Failed, "the source ended early (truncated)")])
+        });
+        let e = result.unwrap_err();
+        assert!(e.message().contains("first MiB was zeroed"), "{e}");
+        assert_eq!(e.cause(), Some("the source ended early (truncated)"));
+        assert_eq!(
+            host.commands("control-host")[2..],
+            [
+                FLASH[1],
+                "sudo dd if=/dev/zero of=/dev/sda bs=1M count=1 conv=fsync",
+                "stm -dut"
+            ]
+        );
+        assert!(!host.trace().contains(&"power reboot_script".to_string()));
+        assert!(!host.logged("END provision"));
+    }
+
+    #[test]
+    fn a_card_that_cannot_be_wiped_stays_on_the_control_host() {
+        let (host, result) = run(json!({}), |h| {
+            h.transfers([err(ErrorKind::Failed, "dd: I/O error")]).exec(
+                "control-host",
+                pattern("^sudo dd if=/dev/zero"),
+                [exit(1, "", "dd: I/O error")],
+            )
+        });
+        assert!(
+            result
+                .unwrap_err()
+                .message()
+                .contains("stays switched to the control host")
+        );
+        assert!(
+            !host
+                .commands("control-host")
+                .contains(&"stm -dut".to_string())
+        );
+        assert!(host.logged("Leaving the storage on the control host"));
+    }
+
+    #[test]
+    fn the_boot_check_url_is_polled_in_virtual_time() {
+        let check = "http://$DEVICE_IP:8080/ready";
+        let (host, result) = run(json!({"boot_check_url": check}), |h| {
+            h.fetch(
+                "GET http://10.0.0.3:8080/ready",
+                [response(503, ""), response(503, ""), response(200, "ok")],
+            )
+        });
+        result.unwrap();
+        assert!(host.logged(
+            "INFO Waiting up to 20 min for the test image to boot (until http://10.0.0.3:8080/ready answers 200)"
+        ));
+        assert!(host.logged("INFO The test image booted after 2 s, 3 checks"));
+        assert!(!host.trace().iter().any(|c| c.starts_with("authorize-key")));
+    }
+
+    #[test]
+    fn a_device_that_never_boots_fails_after_the_boot_timeout() {
+        let mut cfg = config();
+        cfg["muxpi_boot_timeout_seconds"] = json!("2m");
+        let (host, result) = run(json!({}), |h| {
+            h.config(cfg)
+                .authorize("device", [err(ErrorKind::Io, "connection refused")])
+        });
+        let e = result.unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Failed to boot test image! (no answer within 2 min, 121 check(s); last: connection refused)"
+        );
+        assert!(host.elapsed() >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_failing_reboot_script_needs_recovery() {
+        let (_host, result) = run(json!({}), |h| {
+            h.power(
+                "reboot_script",
+                [err(ErrorKind::Failed, "`pdu 3 cycle` exited with status 1")],
+            )
+        });
+        let e = result.unwrap_err();
+        assert!(e.is_recovery());
+        assert!(
+            e.message()
+                .starts_with("Cannot power cycle the device with reboot_script"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_job_that_cannot_work_touches_nothing() {
+        let (host, result) = run(json!({"media": "sd"}), |h| h);
+        assert!(
+            result
+                .unwrap_err()
+                .message()
+                .contains("control_switch_local_cmd")
+        );
+        assert!(host.trace().is_empty(), "{:?}", host.trace());
+    }
+
+    #[test]
+    fn the_hook_keeps_the_device_off_and_the_console_is_captured() {
+        let mut cfg = config();
+        cfg["serial_host"] = json!("10.0.0.9");
+        cfg["serial_port"] = json!(2000);
+        let (host, result) = run(json!({}), |h| {
+            h.config(cfg).http(
+                "control-host",
+                "POST /api/v1/system/setup/provisioning",
+                [response(200, "")],
+            )
+        });
+        result.unwrap();
+        let trace = host.trace();
+        assert_eq!(
+            trace[..4],
+            [
+                "cycle-control-host (device off)",
+                "http control-host POST /api/v1/system/setup/provisioning",
+                "serial open console",
+                "ssh connect control-host",
+            ]
+        );
     }
 }

@@ -103,15 +103,11 @@ fn timing(cfg: &Config, key: &str, default: Duration, min: Duration) -> Result<D
 }
 
 impl Settings {
-    /// Reads and checks the stage's device config, `provision_data` and
-    /// provision attachments.
-    pub fn load() -> Result<Self> {
+    /// Reads and checks the device config `cfg` and the stage's
+    /// `provision_data` and provision attachments.
+    pub fn load(cfg: &Config) -> Result<Self> {
         let attachments = testflinger_connector::job::attachments("provision")?;
-        Settings::from_parts(
-            &Config::load()?,
-            &Config::job_section("provision_data")?,
-            &attachments,
-        )
+        Settings::from_parts(cfg, &Config::job_section("provision_data")?, &attachments)
     }
 
     /// Checks `cfg` (the device config), `data` (`provision_data`) and

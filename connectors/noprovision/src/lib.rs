@@ -6,14 +6,7 @@
 use std::time::Duration;
 
 use testflinger_connector::prelude::*;
-use testflinger_connector::wait::Wait;
 
-/// The reference's first `ssh ... /bin/true` has no timeout: ssh waits
-/// until the device answers or refuses. The host bounds each connection
-/// attempt (10 s), so attempts that get no answer at all are repeated for
-/// up to this long, about when Linux gives up on a TCP connection; a
-/// refused connection or login goes on to the reboot at once, as ssh does.
-const FIRST_PROBE_LIMIT: Duration = Duration::from_secs(120);
 /// The reference waits 60 s after the reboot, then retries for 300 s; the
 /// same upper bound, polled from the start so a fast device is used early.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(360);
@@ -27,62 +20,27 @@ impl Connector for Noprovision {
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        provision::Frame::new().run(check_config, |()| ensure_test_image())
+        // `reboot_script` is only needed when the device does not answer.
+        let device_ip = |cfg: &config::Config| cfg.text("device_ip").required("<address>");
+        provision::Frame::new().run(device_ip, |_| ensure_test_image())
     }
 }
 
 export_connector!(Noprovision);
 
-/// The device must have an address; `reboot_script` is only needed when
-/// it does not answer.
-fn check_config() -> Result<(), Error> {
-    config::Config::load()?
-        .text("device_ip")
-        .why("noprovision logs in to it")
-        .required("<address of the device>")?;
-    Ok(())
-}
-
 /// The reference's `ensure_test_image`.
 fn ensure_test_image() -> PhaseResult<()> {
     info!("Booting the test image");
-    // One login that runs `/bin/true`, as the reference's ssh command.
-    let first = Wait::new("an SSH login to the device", FIRST_PROBE_LIMIT)
-        .every(Duration::from_secs(1))
-        .retry()
-        .until(|| {
-            let ran = ssh::connect_with("device", ssh::CONNECT_TIMEOUT, None)
-                .and_then(|s| s.exec_quiet("/bin/true"));
-            match ran {
-                Ok(out) if out.success() => Check::Ready(()),
-                Ok(out) => Check::Failed(Error::new(
-                    ErrorKind::Failed,
-                    format!(
-                        "`/bin/true` on the device exited with status {}",
-                        out.status
-                    ),
-                )),
-                // No answer at all: ssh would still be waiting.
-                Err(e) if e.is_timeout() => Check::NotYet(e),
-                Err(e) => Check::Failed(e),
-            }
-        });
-    let unreachable = match first {
-        Ok(_) => return Ok(()),
+    // As ssh without a timeout: waits for silence, not for a refusal.
+    match ssh::probe("device", ssh::OPENSSH_CONNECT_WAIT) {
+        Ok(()) => return Ok(()),
         // Not configured, not granted ...: rebooting would not help.
-        Err(w) if w.reason().is_permanent() => return Err(w.into_reason().into()),
-        Err(w) => w.into_reason(),
-    };
-    // Where the reference's agent log shows what ssh printed.
-    info!("{unreachable}");
-    power::hardreset().map_err(|e| {
-        if e.is_timeout() {
-            PhaseError::recovery("timeout reaching control host!").caused_by(e)
-        } else {
-            // A failing entry: the reference's CalledProcessError, exit 1.
-            e.into()
-        }
-    })?;
+        Err(e) if e.is_permanent() => return Err(e.into()),
+        // Where the reference's agent log shows what ssh printed.
+        Err(e) => info!("{e}"),
+    }
+    // A failing entry is the reference's CalledProcessError, exit 1.
+    power::hardreset().or_recover_on_timeout("timeout reaching control host!")?;
     ssh::wait_reachable("device", BOOT_TIMEOUT).or_fail("Failed to boot test image!")
 }
 
