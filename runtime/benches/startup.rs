@@ -216,7 +216,6 @@ fn bench_compile(runs: usize) {
 
 fn bench_gate() {
     use tfdc::capability::{Ask, AuditLine, Capability, CapabilitySet, Gate, Subject, funcs};
-    use tfdc::host::HostError;
     use tfdc::host::outward::Outward;
     let mut caps = CapabilitySet::new();
     for (cap, names) in [
@@ -299,7 +298,7 @@ fn bench_gate() {
                     Some(1000),
                     |d| async move {
                         std::hint::black_box(d);
-                        Ok::<_, HostError>(())
+                        Ok::<_, tfdc::power::PowerError>(())
                     },
                 )
                 .await
