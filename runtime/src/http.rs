@@ -194,11 +194,6 @@ impl HttpClient {
             .map_err(|e| HttpError::Setup(e.clone()))
     }
 
-    /// The lab-defined endpoints of this invocation.
-    pub fn lab_endpoints(&self) -> &Endpoints {
-        &self.endpoints
-    }
-
     /// Base URL of a named endpoint.
     pub fn endpoint_base(&self, endpoint: &str) -> Result<&str, HttpError> {
         match endpoint {

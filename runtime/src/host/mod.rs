@@ -204,11 +204,6 @@ impl HostState {
             (false, false) => format!("; connector stderr: {quoted}"),
         }
     }
-
-    /// The resource table.
-    pub fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
-    }
 }
 
 impl WasiView for HostState {

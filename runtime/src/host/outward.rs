@@ -57,11 +57,6 @@ impl<'a> Outward<'a> {
         }
     }
 
-    /// The gate (for audit lines of calls that are not outward).
-    pub fn gate(&self) -> &'a Gate {
-        self.gate
-    }
-
     /// Runs `body` as the call `func` of the connector: `asks` are checked
     /// first (the first names the capability in the span and the audit
     /// line), then `body` gets the deadline, `timeout_ms` from the guest
