@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(m) = Manifest::parse(text)
     {
         let _ = m.declared();
-        let _ = tfdc::run::wit_compatible(&m.wit);
+        let _ = tfdc::host::wit::served_line(&m.wit);
     }
     let _ = manifest::read(data);
     let _ = tfdc::run::foreign_interface(data);

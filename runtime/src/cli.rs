@@ -200,22 +200,10 @@ fn lab_flag_from_argv() -> Option<PathBuf> {
     None
 }
 
-/// Arguments of one stage invocation.
-#[derive(Debug, Clone)]
-pub struct StageArgs {
-    pub provision_type: String,
-    pub stage: Stage,
-    pub config: PathBuf,
-    pub job_data: PathBuf,
-    pub connector: Option<PathBuf>,
-    pub lab: Option<PathBuf>,
-    pub debug: bool,
-}
-
-fn stage_args(m: &ArgMatches) -> Option<StageArgs> {
+fn stage_args(m: &ArgMatches) -> Option<crate::run::StageArgs> {
     let (provision_type, tm) = m.subcommand()?;
     let (stage_name, sm) = tm.subcommand()?;
-    Some(StageArgs {
+    Some(crate::run::StageArgs {
         provision_type: provision_type.to_string(),
         stage: Stage::from_cli(stage_name)?,
         config: sm.get_one::<PathBuf>("config")?.clone(),

@@ -72,6 +72,9 @@ pub struct RuntimeSettings {
     pub limits: Option<Value>,
     /// Lab file to use (after `--lab` and `$TFDC_LAB_FILE`).
     pub lab_file: Option<PathBuf>,
+    /// Named HTTP endpoints for this device (name → base URL), over the
+    /// lab file's (see [`crate::endpoints`]).
+    pub endpoints: crate::endpoints::Endpoints,
 }
 
 impl Default for RuntimeSettings {
@@ -90,6 +93,7 @@ impl Default for RuntimeSettings {
             control_host_settle_seconds: 10.0,
             limits: None,
             lab_file: None,
+            endpoints: crate::endpoints::Endpoints::new(),
         }
     }
 }
@@ -143,6 +147,10 @@ impl DeviceConfig {
                 }
             })?;
         }
+        crate::endpoints::check_all(&runtime.endpoints).map_err(|problem| ConfigError::BadKey {
+            key: format!("{RUNTIME_KEY}.endpoints"),
+            problem: format!("is invalid: {problem}"),
+        })?;
         Ok(DeviceConfig {
             path: path.to_path_buf(),
             keys,
@@ -347,6 +355,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+        let err = parse("connector_runtime: {endpoints: {maas: 'http://x/'}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("connector_runtime.endpoints") && err.contains("reserved"),
+            "{err}"
+        );
+    }
+
+    /// A device's endpoints are runtime settings: parsed, and never shown
+    /// to connectors.
+    #[test]
+    fn endpoints_are_read_and_hidden() {
+        let c = parse("connector_runtime: {endpoints: {mirror: 'http://mirror.lab/ubuntu/'}}\n")
+            .unwrap();
+        assert_eq!(c.runtime.endpoints["mirror"], "http://mirror.lab/ubuntu/");
+        assert!(!c.guest_view().to_string().contains("mirror.lab"));
     }
 
     #[test]

@@ -257,3 +257,23 @@ async fn resolve_pin(
         pin: Some(pin.clone()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::WASI_PREFIXES;
+
+    /// The first-party connectors import nothing but our interfaces and
+    /// deny-by-default WASI.
+    #[test]
+    fn embedded_connectors_import_only_known_interfaces() {
+        for e in EMBEDDED {
+            let (imports, _) = crate::manifest::interface_names(e.bytes).unwrap();
+            for import in imports {
+                let ours = import.starts_with("testflinger:connector/");
+                let wasi = WASI_PREFIXES.iter().any(|p| import.starts_with(p));
+                assert!(ours || wasi, "{} imports {import}", e.name);
+            }
+        }
+    }
+}

@@ -1,17 +1,21 @@
 //! What one invocation knows (stage, config, job, run directory, limits)
 //! and the services its host functions and native defaults share (SSH
-//! connections, serial captures, HTTP client).
+//! connections, serial captures, HTTP client, transfers). The services
+//! know nothing of the context: each gets what it needs when it is built.
 
 use std::sync::Arc;
 
 use crate::capability::Gate;
 use crate::config::DeviceConfig;
+use crate::endpoints::Endpoints;
+use crate::http::HttpClient;
 use crate::job_file::JobFile;
 use crate::limits::Limits;
 use crate::rundir::RunDir;
 use crate::serial::SerialHub;
 use crate::ssh::SshPool;
 use crate::stage::Stage;
+use crate::transfer::Transfers;
 
 /// Which connector runs, for messages and the audit trail.
 #[derive(Debug, Clone)]
@@ -43,9 +47,9 @@ pub struct StageContext {
     /// Serial consoles being captured.
     pub serial: SerialHub,
     /// Outbound HTTP.
-    pub http: crate::http::HttpClient,
+    pub http: HttpClient,
     /// Host-side bulk transfers.
-    pub transfers: crate::transfer::Transfers,
+    pub transfers: Transfers,
 }
 
 /// Everything needed to build a [`StageContext`].
@@ -57,7 +61,11 @@ pub struct StageSpec {
     pub job: JobFile,
     pub rundir: RunDir,
     pub limits: Limits,
+    /// The gate; it learns the job's URLs here.
     pub gate: Gate,
+    /// Named HTTP endpoints of the lab file (the device config's own are
+    /// read from it).
+    pub lab_endpoints: Endpoints,
 }
 
 impl StageContext {
@@ -72,13 +80,19 @@ impl StageContext {
             rundir,
             limits,
             gate,
+            lab_endpoints,
         } = spec;
+        let gate = gate.with_job_urls(crate::capability::job_urls(
+            &job,
+            config.device_ip().as_deref(),
+        ));
         let ssh = SshPool::new(&config, &job, &limits)?;
         let serial =
             SerialHub::new(&config, &rundir, stage).with_max_ports(limits.max_serial_ports);
-        let transfers = crate::transfer::Transfers::new(limits.max_transfers);
-        let http = crate::http::HttpClient::new(&config, &job)?
-            .with_url_patterns(gate.url_patterns().to_vec());
+        let transfers = Transfers::new(limits.max_transfers);
+        let http = HttpClient::new(&config)?
+            .with_url_grants(gate.url_grants().clone())
+            .with_lab_endpoints(&lab_endpoints);
         Ok(Arc::new(StageContext {
             stage,
             provision_type,

@@ -1,5 +1,7 @@
 //! The control-host hooks every connector runs (reference §3.3): the power
 //! cycle before provisioning and the best-effort `setup/<phase>` request.
+//! Scripts run with their output captured, logged when an entry fails
+//! ([`crate::power`]).
 //!
 //! Deliberate difference: the reference waits for the control host to stop
 //! answering ICMP `ping` and probes SSH with `nc`; this runtime probes TCP
@@ -8,8 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::context::StageContext;
-use crate::http::{HttpError, Request};
+use crate::config::DeviceConfig;
+use crate::endpoints::CONTROL_HOST;
+use crate::http::{HttpClient, HttpError, Request};
 use crate::power::{self, Style};
 
 /// Why the power cycle could not complete.
@@ -25,19 +28,20 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs the pre-provision power cycle of the control host.
 /// `come_back_timeout` bounds the wait for `/health` (reference: 300 s).
 pub async fn power_cycle(
-    cx: &StageContext,
+    config: &DeviceConfig,
+    http: &HttpClient,
     manage_dut_power: bool,
     come_back_timeout: Duration,
 ) -> Result<(), ControlHostError> {
-    let Some(host) = cx.config.string("control_host") else {
+    let cx = Cx { config, http };
+    let Some(host) = config.string("control_host") else {
         return Ok(());
     };
     if std::env::var_os("DISABLE_CONTROL_HOST_POWERCYCLE").is_some_and(|v| !v.is_empty()) {
         tracing::info!(target: "tfdc::control_host", "DISABLE_CONTROL_HOST_POWERCYCLE is set: not power cycling the control host");
         return Ok(());
     }
-    if cx
-        .config
+    if config
         .command_list("control_host_reboot_script")
         .ok()
         .flatten()
@@ -47,7 +51,7 @@ pub async fn power_cycle(
         return Ok(());
     }
     let has = |key: &str| {
-        cx.config
+        config
             .command_list(key)
             .ok()
             .flatten()
@@ -59,17 +63,23 @@ pub async fn power_cycle(
     }
     tracing::info!(target: "tfdc::control_host", "Power cycling control host {host}");
     if dut_power {
-        run_best_effort(cx, "poweroff_script").await;
+        run_best_effort(config, "poweroff_script").await;
     }
-    let result = cycle(cx, &host, come_back_timeout).await;
+    let result = cycle(&cx, &host, come_back_timeout).await;
     if dut_power {
-        run_best_effort(cx, "poweron_script").await;
+        run_best_effort(config, "poweron_script").await;
     }
     result
 }
 
+/// What the hooks use.
+struct Cx<'a> {
+    config: &'a DeviceConfig,
+    http: &'a HttpClient,
+}
+
 async fn cycle(
-    cx: &StageContext,
+    cx: &Cx<'_>,
     host: &str,
     come_back_timeout: Duration,
 ) -> Result<(), ControlHostError> {
@@ -89,7 +99,7 @@ async fn cycle(
             {
                 tokio::time::sleep(settle).await;
             }
-            run_best_effort(cx, "control_host_reboot_script").await;
+            run_best_effort(cx.config, "control_host_reboot_script").await;
             let healthy =
                 wait_until(come_back_timeout, poll, || async { health_ok(cx).await }).await;
             if !healthy {
@@ -106,7 +116,7 @@ async fn cycle(
             if tcp_open(&ssh_addr).await {
                 return Ok(());
             }
-            run_best_effort(cx, "control_host_reboot_script").await;
+            run_best_effort(cx.config, "control_host_reboot_script").await;
             if !wait_until(come_back_timeout, poll, || async {
                 tcp_open(&ssh_addr).await
             })
@@ -120,14 +130,17 @@ async fn cycle(
 }
 
 /// Best-effort `POST /api/v1/system/setup/<phase>` with an optional JSON
-/// body; failures are only logged at debug level, as in the reference.
-pub async fn setup(cx: &StageContext, phase: &str, body: Option<&str>) {
-    if cx.config.string("control_host").is_none() {
+/// body, announced as `Setting up <phase> on control host <host>`;
+/// failures are only logged at debug level, as in the reference.
+pub async fn setup(config: &DeviceConfig, http: &HttpClient, phase: &str, body: Option<&str>) {
+    let Some(host) = config.string("control_host") else {
         return;
-    }
+    };
+    tracing::info!(target: "tfdc::control_host", "Setting up {phase} on control host {host}");
+    let cx = Cx { config, http };
     let path = format!("/api/v1/system/setup/{phase}");
     let result = async {
-        let url = cx.http.endpoint_url("control-host", &path)?;
+        let url = cx.http.endpoint_url(CONTROL_HOST, &path)?;
         let mut req = Request::get(url, Duration::from_secs(10));
         req.method = "POST".into();
         if let Some(body) = body {
@@ -147,19 +160,20 @@ pub async fn setup(cx: &StageContext, phase: &str, body: Option<&str>) {
     }
 }
 
-async fn run_best_effort(cx: &StageContext, key: &str) {
-    let Ok(Some(entries)) = cx.config.command_list(key) else {
+/// Runs every entry of `key`, going on after failures (which
+/// [`power::run_entry`] logs with the entry's output), as the reference
+/// does.
+async fn run_best_effort(config: &DeviceConfig, key: &str) {
+    let Ok(Some(entries)) = config.command_list(key) else {
         return;
     };
     for entry in entries {
-        if let Err(e) = power::run_entry(key, &entry, Style::Shell, SCRIPT_TIMEOUT).await {
-            tracing::warn!(target: "tfdc::control_host", "{e}");
-        }
+        let _ = power::run_entry(key, &entry, Style::Shell, SCRIPT_TIMEOUT).await;
     }
 }
 
-async fn post(cx: &StageContext, path: &str, timeout: Duration) -> Result<(), HttpError> {
-    let url = cx.http.endpoint_url("control-host", path)?;
+async fn post(cx: &Cx<'_>, path: &str, timeout: Duration) -> Result<(), HttpError> {
+    let url = cx.http.endpoint_url(CONTROL_HOST, path)?;
     let mut req = Request::get(url.clone(), timeout);
     req.method = "POST".into();
     let resp = cx.http.send(req, 1 << 20).await?;
@@ -174,15 +188,15 @@ async fn post(cx: &StageContext, path: &str, timeout: Duration) -> Result<(), Ht
     }
 }
 
-async fn health_ok(cx: &StageContext) -> bool {
-    let Ok(url) = cx.http.endpoint_url("control-host", "/health") else {
+async fn health_ok(cx: &Cx<'_>) -> bool {
+    let Ok(url) = cx.http.endpoint_url(CONTROL_HOST, "/health") else {
         return false;
     };
     matches!(cx.http.send(Request::get(url, Duration::from_secs(3)), 1 << 20).await, Ok(r) if (200..300).contains(&r.status))
 }
 
-fn rest_address(cx: &StageContext) -> Option<String> {
-    let base = cx.http.endpoint_base("control-host").ok()?;
+fn rest_address(cx: &Cx<'_>) -> Option<String> {
+    let base = cx.http.endpoint_base(CONTROL_HOST).ok()?;
     let url = reqwest::Url::parse(base).ok()?;
     let host = url.host_str()?.to_string();
     let port = url.port_or_known_default()?;

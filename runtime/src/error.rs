@@ -1,5 +1,5 @@
-//! How a stage ends when it does not succeed, and the exit codes the agent
-//! acts on.
+//! How a stage ends when it does not succeed, the exit codes the agent
+//! acts on, and the helpers that shape error text users see.
 
 /// Exit status: the stage failed, the device is still usable.
 pub const EXIT_FAILED: u8 = 1;
@@ -75,9 +75,38 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// `url` with its user information (`user:password@`, or a token in the
+/// user name) replaced by `***`, for messages and logs: a lab may put
+/// credentials in a URL (`connector_runtime.control_host_url`, a named
+/// endpoint), and messages reach connectors and the job log. Works on text
+/// that does not parse as a URL too.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &rest[at..]).into(),
+        None => url.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("http://admin:pw@ch:8000/health"),
+            "http://***@ch:8000/health"
+        );
+        assert_eq!(redact_url("https://TOKEN@host/x@y"), "https://***@host/x@y");
+        assert_eq!(redact_url("http://a:b@c@host:bad/"), "http://***@host:bad/");
+        assert_eq!(redact_url("http://host/p?q=a@b"), "http://host/p?q=a@b");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 
     #[test]
     fn exit_codes() {

@@ -1,23 +1,28 @@
 //! Outbound HTTP for connectors and for the runtime itself: named
-//! endpoints from the device config, URLs the job provides, and streaming
-//! downloads for `transfer`.
+//! endpoints, URLs the job provides, and streaming downloads for
+//! `transfer`. What a connector may reach is decided by the gate
+//! ([`crate::capability`]); this client resolves and sends.
 //!
-//! Named endpoints:
+//! Named endpoints ([`crate::endpoints`]):
 //! - `control-host`: `http://<control_host>:8000` (or
 //!   `connector_runtime.control_host_url`);
 //! - `maas`: the MAAS region API at `maas_url` (e.g.
 //!   `http://maas.lab:5240/MAAS`); every request is signed by the host with
-//!   the device's `maas_api_key` ([`crate::maas_auth`]).
+//!   the device's `maas_api_key` ([`crate::maas_auth`]);
+//! - the lab's own, from `endpoints:` in the lab file and
+//!   `connector_runtime.endpoints`: a base URL, requests sent as they are,
+//!   and redirects never followed (the base URL is all the lab vouched
+//!   for).
 
-use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
 
+use crate::capability::{self, Refusal, UrlGrants};
 use crate::config::DeviceConfig;
-use crate::job_file::JobFile;
-use crate::lab::UrlPattern;
+use crate::endpoints::{self, Endpoints};
+use crate::error::redact_url;
 use crate::maas_auth::{self, MaasCredentials};
 
 /// Port of the control host's REST API (reference constant).
@@ -29,8 +34,10 @@ pub const MAX_REDIRECTS: usize = 10;
 /// Why an HTTP exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("unknown HTTP endpoint `{0}`; known endpoints: control-host, maas")]
-    UnknownEndpoint(String),
+    #[error(
+        "unknown HTTP endpoint `{name}`; known endpoints: {known}; a lab defines its own under `endpoints:` in the lab file or `connector_runtime.endpoints` in the device config"
+    )]
+    UnknownEndpoint { name: String, known: String },
     #[error("HTTP endpoint `{endpoint}` is not configured: set `{key}` in the device config")]
     NotConfigured { endpoint: String, key: String },
     #[error("HTTP endpoint `{endpoint}` cannot be used: {message}")]
@@ -39,8 +46,9 @@ pub enum HttpError {
         "requests to HTTP endpoint `{0}` must not carry an Authorization header: the host signs them"
     )]
     OwnAuthorization(String),
-    #[error("URL {} is not one the job provides; connectors may only fetch URLs from the job", redact_url(.0))]
-    NotAJobUrl(String),
+    /// The path would leave the endpoint's base URL (a policy refusal).
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("{method} {} was not followed: {message}", redact_url(.url))]
@@ -65,23 +73,6 @@ pub enum HttpError {
     TooBig { url: String, max: u64 },
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
-}
-
-/// `url` with its user information (`user:password@`, or a token in the
-/// user name) replaced by `***`, for messages and logs: a lab may put
-/// credentials in a URL (`connector_runtime.control_host_url`), and
-/// messages reach connectors and the job log. Works on text that does not
-/// parse as a URL too.
-pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.into();
-    };
-    let rest = &url[start..];
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..start], &rest[at..]).into(),
-        None => url.into(),
-    }
 }
 
 /// A request, already resolved to an absolute URL.
@@ -118,11 +109,15 @@ pub struct Response {
 /// The invocation's HTTP client.
 pub struct HttpClient {
     client: OnceLock<Result<reqwest::Client, String>>,
+    /// For lab-defined endpoints: follows no redirect.
+    direct: OnceLock<Result<reqwest::Client, String>>,
     extra_ca: Vec<std::path::PathBuf>,
-    job_urls: BTreeSet<String>,
     control_host_base: Option<String>,
     /// The lab's URL grants; redirects must stay within them.
-    url_patterns: Vec<UrlPattern>,
+    url_grants: UrlGrants,
+    /// Lab-defined endpoints, checked when the lab file and the device
+    /// config were read.
+    endpoints: Endpoints,
     /// `maas_url`, checked when first used.
     maas_base: Option<String>,
     /// `maas_api_key`, parsed with the config; a malformed key is reported
@@ -131,17 +126,9 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// Prepares the client for `config` and `job` (the TLS setup itself is
-    /// deferred to the first request).
-    pub fn new(config: &DeviceConfig, job: &JobFile) -> anyhow::Result<Self> {
-        let device_ip = config.device_ip();
-        let mut job_urls = BTreeSet::new();
-        for url in job.urls() {
-            if let Some(ip) = &device_ip {
-                job_urls.insert(url.replace("$DEVICE_IP", ip));
-            }
-            job_urls.insert(url);
-        }
+    /// Prepares the client for `config`, with the device config's own
+    /// endpoints (the TLS setup itself is deferred to the first request).
+    pub fn new(config: &DeviceConfig) -> anyhow::Result<Self> {
         let control_host_base = config.runtime.control_host_url.clone().or_else(|| {
             config
                 .string("control_host")
@@ -149,10 +136,11 @@ impl HttpClient {
         });
         Ok(HttpClient {
             client: OnceLock::new(),
+            direct: OnceLock::new(),
             extra_ca: config.runtime.extra_ca_certs.clone(),
-            job_urls,
             control_host_base: control_host_base.map(|b| b.trim_end_matches('/').to_string()),
-            url_patterns: Vec::new(),
+            url_grants: UrlGrants::default(),
+            endpoints: endpoints::merged(&Endpoints::new(), &config.runtime.endpoints),
             maas_base: config
                 .string(maas_auth::URL_KEY)
                 .map(|b| b.trim().trim_end_matches('/').to_string()),
@@ -164,8 +152,15 @@ impl HttpClient {
 
     /// Narrows where redirects may lead to the lab's URL grants (see
     /// [`redirect_policy`]). Must be called before the first request.
-    pub fn with_url_patterns(mut self, patterns: Vec<UrlPattern>) -> Self {
-        self.url_patterns = patterns;
+    pub fn with_url_grants(mut self, grants: UrlGrants) -> Self {
+        self.url_grants = grants;
+        self
+    }
+
+    /// Adds the lab file's endpoints under the device config's (which win).
+    /// Must be called before the first request.
+    pub fn with_lab_endpoints(mut self, lab: &Endpoints) -> Self {
+        self.endpoints = endpoints::merged(lab, &self.endpoints);
         self
     }
 
@@ -174,21 +169,26 @@ impl HttpClient {
     pub fn client(&self) -> Result<&reqwest::Client, HttpError> {
         self.client
             .get_or_init(|| {
-                let mut builder = reqwest::Client::builder()
-                    .user_agent(concat!(
-                        "testflinger-device-connectors/",
-                        env!("CARGO_PKG_VERSION")
-                    ))
-                    .redirect(redirect_policy(self.url_patterns.clone()));
-                for path in &self.extra_ca {
-                    let pem = std::fs::read(path).map_err(|e| {
-                        format!("cannot read CA certificate {}: {e}", path.display())
-                    })?;
-                    let cert = reqwest::Certificate::from_pem(&pem)
-                        .map_err(|e| format!("invalid CA certificate {}: {e}", path.display()))?;
-                    builder = builder.add_root_certificate(cert);
-                }
-                builder.build().map_err(|e| e.to_string())
+                client_builder(&self.extra_ca).and_then(|b| {
+                    b.redirect(redirect_policy(self.url_grants.clone()))
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .as_ref()
+            .map_err(|e| HttpError::Setup(e.clone()))
+    }
+
+    /// The client for lab-defined endpoints: it follows no redirect (a 3xx
+    /// answer is the response).
+    fn direct_client(&self) -> Result<&reqwest::Client, HttpError> {
+        self.direct
+            .get_or_init(|| {
+                client_builder(&self.extra_ca).and_then(|b| {
+                    b.redirect(reqwest::redirect::Policy::none())
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
             })
             .as_ref()
             .map_err(|e| HttpError::Setup(e.clone()))
@@ -197,7 +197,7 @@ impl HttpClient {
     /// Base URL of a named endpoint.
     pub fn endpoint_base(&self, endpoint: &str) -> Result<&str, HttpError> {
         match endpoint {
-            "control-host" => {
+            endpoints::CONTROL_HOST => {
                 self.control_host_base
                     .as_deref()
                     .ok_or_else(|| HttpError::NotConfigured {
@@ -205,7 +205,7 @@ impl HttpClient {
                         key: "control_host".into(),
                     })
             }
-            "maas" => {
+            endpoints::MAAS => {
                 let base = self
                     .maas_base
                     .as_deref()
@@ -213,7 +213,7 @@ impl HttpClient {
                         endpoint: endpoint.into(),
                         key: maas_auth::URL_KEY.into(),
                     })?;
-                check_base_url(base).map_err(|problem| HttpError::BadConfig {
+                endpoints::check_base_url(base).map_err(|problem| HttpError::BadConfig {
                     endpoint: endpoint.into(),
                     message: format!(
                         "device config key `{}` {problem}; it must be the MAAS URL, like http://maas.example:5240/MAAS",
@@ -222,7 +222,18 @@ impl HttpClient {
                 })?;
                 Ok(base)
             }
-            other => Err(HttpError::UnknownEndpoint(other.into())),
+            other => match self.endpoints.get(other) {
+                Some(base) => Ok(base),
+                None => Err(HttpError::UnknownEndpoint {
+                    name: other.into(),
+                    known: endpoints::BUILT_IN
+                        .iter()
+                        .copied()
+                        .chain(self.endpoints.keys().map(String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+            },
         }
     }
 
@@ -234,7 +245,7 @@ impl HttpClient {
         endpoint: &str,
         headers: &mut Vec<(String, String)>,
     ) -> Result<(), HttpError> {
-        if endpoint != "maas" {
+        if endpoint != endpoints::MAAS {
             return Ok(());
         }
         if headers
@@ -262,46 +273,53 @@ impl HttpClient {
         Ok(())
     }
 
-    /// Absolute URL of `path` on a named endpoint.
+    /// Absolute URL of `path` on a named endpoint; the gate's rule keeps
+    /// it below the endpoint's base URL ([`capability::endpoint_url`]).
     pub fn endpoint_url(&self, endpoint: &str, path: &str) -> Result<String, HttpError> {
-        if !path.starts_with('/') {
-            return Err(HttpError::Invalid(format!(
-                "endpoint paths must start with `/`, got `{path}`"
-            )));
-        }
-        Ok(format!("{}{path}", self.endpoint_base(endpoint)?))
+        let base = self.endpoint_base(endpoint)?;
+        capability::endpoint_url(endpoint, base, path).map_err(|r| match r {
+            Refusal::Invalid(m) => HttpError::Invalid(m),
+            denied => HttpError::Refused(denied),
+        })
     }
 
-    /// Whether `url` is one the job provides (after `$DEVICE_IP`
-    /// substitution).
-    pub fn is_job_url(&self, url: &str) -> bool {
-        self.job_urls.contains(url.trim())
-    }
-
-    /// Fails unless `url` is a job-provided http(s) URL.
-    pub fn check_job_url(&self, url: &str) -> Result<(), HttpError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| HttpError::Invalid(format!("bad URL `{url}`: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(HttpError::Invalid(format!(
-                "only http and https URLs are supported, got `{url}`"
-            )));
-        }
-        if !self.is_job_url(url) {
-            return Err(HttpError::NotAJobUrl(url.into()));
-        }
-        Ok(())
+    /// Sends `req` to the named endpoint `endpoint`: `req.url` is the path
+    /// (with query) below its base URL; the host adds the endpoint's
+    /// credentials; a lab-defined endpoint's redirects are not followed.
+    pub async fn call_endpoint(
+        &self,
+        endpoint: &str,
+        mut req: Request,
+        max_body: u64,
+    ) -> Result<Response, HttpError> {
+        req.url = self.endpoint_url(endpoint, &req.url)?;
+        self.sign(endpoint, &mut req.headers)?;
+        let client = if endpoints::BUILT_IN.contains(&endpoint) {
+            self.client()?
+        } else {
+            self.direct_client()?
+        };
+        self.send_with(client, req, max_body).await
     }
 
     /// Sends `req` and reads the whole body, refusing bodies over `max_body`.
     pub async fn send(&self, req: Request, max_body: u64) -> Result<Response, HttpError> {
+        self.send_with(self.client()?, req, max_body).await
+    }
+
+    async fn send_with(
+        &self,
+        client: &reqwest::Client,
+        req: Request,
+        max_body: u64,
+    ) -> Result<Response, HttpError> {
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HttpError::Invalid(format!("bad HTTP method `{}`", req.method)))?;
         let url = req.url.clone();
         let timeout = req.timeout;
         let transport = |e: reqwest::Error| classify(&req.method, &url, timeout, e);
         let fut = async {
-            let mut builder = self.client()?.request(method, &url);
+            let mut builder = client.request(method, &url);
             for (name, value) in &req.headers {
                 builder = builder.header(name, value);
             }
@@ -358,6 +376,12 @@ impl HttpClient {
 /// A reqwest client (rustls) that also trusts the PEM certificates in
 /// `extra_ca`.
 pub fn build_client(extra_ca: &[std::path::PathBuf]) -> Result<reqwest::Client, String> {
+    client_builder(extra_ca)?.build().map_err(|e| e.to_string())
+}
+
+/// A client builder with our user agent, trusting the PEM certificates in
+/// `extra_ca` too.
+fn client_builder(extra_ca: &[std::path::PathBuf]) -> Result<reqwest::ClientBuilder, String> {
     let mut builder = reqwest::Client::builder().user_agent(concat!(
         "testflinger-device-connectors/",
         env!("CARGO_PKG_VERSION")
@@ -369,7 +393,7 @@ pub fn build_client(extra_ca: &[std::path::PathBuf]) -> Result<reqwest::Client, 
             .map_err(|e| format!("invalid CA certificate {}: {e}", path.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder.build().map_err(|e| e.to_string())
+    Ok(builder)
 }
 
 /// Why [`redirect_policy`] refused a redirect.
@@ -384,14 +408,10 @@ impl std::fmt::Display for RedirectRefused {
 
 impl std::error::Error for RedirectRefused {}
 
-/// The redirect policy of connector-visible requests. A redirect is a
-/// request the connector did not name, so it must pass the check the
-/// first URL passed: with URL grants, every hop must match one (or stay on
-/// the origin it leaves); without them, any http(s) URL may follow, as the
-/// job could have named it directly. Otherwise a granted server (or one a
-/// job names) could bounce the host to an internal service and hand its
-/// answer to the connector.
-pub fn redirect_policy(patterns: Vec<UrlPattern>) -> reqwest::redirect::Policy {
+/// The redirect policy of connector-visible requests: at most
+/// [`MAX_REDIRECTS`] hops, each allowed by the gate's rule
+/// ([`UrlGrants::redirect`]).
+pub fn redirect_policy(grants: UrlGrants) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= MAX_REDIRECTS {
             let msg = format!("more than {MAX_REDIRECTS} redirects");
@@ -399,27 +419,10 @@ pub fn redirect_policy(patterns: Vec<UrlPattern>) -> reqwest::redirect::Policy {
         }
         // reqwest itself never follows a redirect to another scheme than
         // http(s): it returns the 3xx response.
-        let url = attempt.url();
-        let same_origin = attempt
-            .previous()
-            .last()
-            .is_some_and(|prev| prev.origin() == url.origin());
-        if same_origin || patterns.is_empty() || patterns.iter().any(|p| p.matches(url)) {
-            return attempt.follow();
+        match grants.redirect(attempt.previous().last(), attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(msg) => attempt.error(RedirectRefused(msg)),
         }
-        let msg = format!(
-            "it redirects to {}, which is not covered by the URL grants ({}); to allow it, add `{}://{}:{}` to `grants: {{urls: [...]}}` in the lab file",
-            redact_url(url.as_str()),
-            patterns
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            url.scheme(),
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0),
-        );
-        attempt.error(RedirectRefused(msg))
     })
 }
 
@@ -451,19 +454,6 @@ fn classify(method: &str, url: &str, timeout: Duration, e: reqwest::Error) -> Ht
     }
 }
 
-/// Checks that `base` is an absolute http(s) URL without query or
-/// fragment; the problem otherwise.
-fn check_base_url(base: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(base).map_err(|e| format!("is not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("has scheme `{}`, not http or https", url.scheme()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    Ok(())
-}
-
 /// Wraps an IPv6 literal in brackets for use in a URL.
 pub fn bracket_v6(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -479,48 +469,58 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn job_urls_and_endpoints() {
-        let config =
-            DeviceConfig::parse(Path::new("c"), "device_ip: 10.1.1.1\ncontrol_host: ch\n").unwrap();
-        let job = JobFile::parse(
-            Path::new("j"),
-            r#"{"provision_data":{"url":"http://img/a.zst","boot_check_url":"http://$DEVICE_IP:8080/ok"}}"#,
+    fn endpoints_resolve_below_their_base() {
+        let config = DeviceConfig::parse(
+            Path::new("c"),
+            "control_host: ch\nconnector_runtime: {endpoints: {mirror: 'http://mirror.lab/ubuntu/'}}\n",
         )
         .unwrap();
-        let http = HttpClient::new(&config, &job).unwrap();
-        assert!(http.check_job_url("http://img/a.zst").is_ok());
-        assert!(http.check_job_url("http://10.1.1.1:8080/ok").is_ok());
-        assert!(matches!(
-            http.check_job_url("http://img/b"),
-            Err(HttpError::NotAJobUrl(_))
-        ));
-        assert!(matches!(
-            http.check_job_url("file:///etc/passwd"),
-            Err(HttpError::Invalid(_))
-        ));
+        let http = HttpClient::new(&config)
+            .unwrap()
+            .with_lab_endpoints(&Endpoints::from([
+                ("mirror".into(), "http://lab-wide/".into()),
+                ("seed".into(), "http://seed.lab:8080".into()),
+            ]));
         assert_eq!(
             http.endpoint_url("control-host", "/health").unwrap(),
             "http://ch:8000/health"
         );
-        assert!(http.endpoint_url("control-host", "health").is_err());
+        assert!(matches!(
+            http.endpoint_url("control-host", "health"),
+            Err(HttpError::Invalid(_))
+        ));
         assert!(matches!(
             http.endpoint_url("maas", "/"),
             Err(HttpError::NotConfigured { key, .. }) if key == "maas_url"
         ));
+        // The device config's definition wins over the lab file's.
+        assert_eq!(
+            http.endpoint_url("mirror", "/dists/noble").unwrap(),
+            "http://mirror.lab/ubuntu/dists/noble"
+        );
+        assert_eq!(
+            http.endpoint_url("seed", "/x").unwrap(),
+            "http://seed.lab:8080/x"
+        );
         assert!(matches!(
-            http.endpoint_url("bmc", "/"),
-            Err(HttpError::UnknownEndpoint(_))
+            http.endpoint_url("mirror", "/../x"),
+            Err(HttpError::Refused(Refusal::Denied(_)))
         ));
+        let err = http.endpoint_url("bmc", "/").unwrap_err().to_string();
+        assert!(
+            err.contains("known endpoints: control-host, maas, mirror, seed"),
+            "{err}"
+        );
         // Other endpoints are not signed.
         let mut headers = vec![("authorization".to_string(), "Basic x".to_string())];
         http.sign("control-host", &mut headers).unwrap();
+        http.sign("mirror", &mut headers).unwrap();
         assert_eq!(headers.len(), 1);
     }
 
     fn client(yaml: &str) -> HttpClient {
         let config = DeviceConfig::parse(Path::new("c"), yaml).unwrap();
-        let job = JobFile::parse(Path::new("j"), "{}").unwrap();
-        HttpClient::new(&config, &job).unwrap()
+        HttpClient::new(&config).unwrap()
     }
 
     #[test]
@@ -593,11 +593,10 @@ mod tests {
         })
         .unwrap();
         let config = DeviceConfig::parse(Path::new("c"), "{}").unwrap();
-        let job = JobFile::parse(Path::new("j"), "{}").unwrap();
-        let pattern = UrlPattern::parse(&outer.url()).unwrap();
-        let http = HttpClient::new(&config, &job)
+        let pattern = crate::capability::UrlPattern::parse(&outer.url()).unwrap();
+        let http = HttpClient::new(&config)
             .unwrap()
-            .with_url_patterns(vec![pattern]);
+            .with_url_grants(UrlGrants::new(vec![pattern]));
         let get =
             |path: &str| Request::get(format!("{}{path}", outer.url()), Duration::from_secs(5));
         let err = http.send(get("/away"), 1 << 20).await.unwrap_err();
@@ -612,21 +611,44 @@ mod tests {
         assert_eq!(ok.body, b"outer");
         let not_followed = http.send(get("/file"), 1 << 20).await.unwrap();
         assert_eq!(not_followed.status, 302);
-        let open = HttpClient::new(&config, &job).unwrap();
+        let open = HttpClient::new(&config).unwrap();
         let ok = open.send(get("/away"), 1 << 20).await.unwrap();
         assert_eq!(ok.body, b"INTERNAL");
     }
 
+    /// The lab vouched for a lab-defined endpoint's base URL only: its
+    /// redirects are answers, not followed, even on the same origin.
+    #[tokio::test]
+    async fn lab_endpoints_follow_no_redirect() {
+        use labsim::web::{Reply, WebServer};
+        let server = WebServer::start("127.0.0.1", |r| match r.path_only() {
+            "/base/moved" => Reply::Full {
+                status: 301,
+                headers: vec![("location".into(), "/elsewhere".into())],
+                body: Default::default(),
+            },
+            _ => Reply::text("content"),
+        })
+        .unwrap();
+        let config = DeviceConfig::parse(Path::new("c"), "{}").unwrap();
+        let http = HttpClient::new(&config)
+            .unwrap()
+            .with_lab_endpoints(&Endpoints::from([(
+                "mirror".into(),
+                format!("{}/base", server.url()),
+            )]));
+        let req = Request::get("/moved", Duration::from_secs(5));
+        let resp = http.call_endpoint("mirror", req, 1 << 20).await.unwrap();
+        assert_eq!(resp.status, 301);
+        let req = Request::get("/file", Duration::from_secs(5));
+        let resp = http.call_endpoint("mirror", req, 1 << 20).await.unwrap();
+        assert_eq!(resp.body, b"content");
+        let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+        assert_eq!(paths, ["/base/moved", "/base/file"]);
+    }
+
     #[test]
     fn credentials_in_urls_are_redacted() {
-        assert_eq!(
-            redact_url("http://admin:pw@ch:8000/health"),
-            "http://***@ch:8000/health"
-        );
-        assert_eq!(redact_url("https://TOKEN@host/x@y"), "https://***@host/x@y");
-        assert_eq!(redact_url("http://a:b@c@host:bad/"), "http://***@host:bad/");
-        assert_eq!(redact_url("http://host/p?q=a@b"), "http://host/p?q=a@b");
-        assert_eq!(redact_url("not a url"), "not a url");
         let e = HttpError::Transport {
             method: "GET".into(),
             url: "http://admin:pw@ch:8000/".into(),

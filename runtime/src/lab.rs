@@ -7,6 +7,8 @@
 //! audit_log: /var/log/tfdc-audit.jsonl   # optional JSON-lines audit trail
 //! allow_embedded: true           # unlisted types fall back to the embedded connectors
 //! limits: {memory: 256MiB}       # defaults for every connector
+//! endpoints:                     # named HTTP endpoints: `http: [mirror]`
+//!   mirror: http://mirror.lab:8080/ubuntu
 //! connectors:
 //!   muxpi:
 //!     name: muxpi
@@ -31,7 +33,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::capability::UrlPattern;
 use crate::capability::{Capability, CapabilitySet};
+use crate::endpoints::{self, Endpoints};
 use crate::manifest::capability_from_key;
 
 /// The system-wide default location.
@@ -110,6 +114,11 @@ pub struct LabFile {
     /// Limits for every connector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<serde_json::Value>,
+    /// Named HTTP endpoints (name → base URL) connectors reach with
+    /// `http.call`, each granted as `http: [<name>]` (see
+    /// [`crate::endpoints`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: Endpoints,
     /// Provision type → pinned connector.
     #[serde(default)]
     pub connectors: BTreeMap<String, Pin>,
@@ -131,6 +140,7 @@ impl Default for LabFile {
             audit_log: None,
             allow_embedded: true,
             limits: None,
+            endpoints: Endpoints::new(),
             connectors: BTreeMap::new(),
         }
     }
@@ -178,6 +188,8 @@ impl LoadedLab {
         if let Some(limits) = &lab.file.limits {
             check_limits(limits).map_err(|m| invalid(format!("limits: {m}")))?;
         }
+        endpoints::check_all(&lab.file.endpoints)
+            .map_err(|m| invalid(format!("endpoints: {m}")))?;
         Ok(lab)
     }
 
@@ -371,84 +383,6 @@ pub fn grants_from(caps: &CapabilitySet) -> Grants {
         .collect()
 }
 
-/// A `scheme://host:port` pattern for job-provided URLs. `host` may start
-/// with `*.` (any subdomain); `port` may be `*`; the port is required so a
-/// grant never silently covers another service on the same host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlPattern {
-    scheme: String,
-    host: String,
-    port: Option<u16>,
-}
-
-impl UrlPattern {
-    /// Parses a pattern, with an explanation when it is not one.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!(
-                "bad URL grant `{text}`: {why} (form: `https://images.example:443`, `http://*.lab:*`)"
-            )
-        };
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| bad("missing scheme"))?;
-        if !matches!(scheme, "http" | "https") {
-            return Err(bad("scheme must be http or https"));
-        }
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') {
-            return Err(bad("paths are not allowed"));
-        }
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| bad("a port (or `*`) is required"))?;
-        let port = match port {
-            "*" => None,
-            p => Some(
-                p.parse::<u16>()
-                    .map_err(|_| bad("port must be a number or `*`"))?,
-            ),
-        };
-        let wild = host.strip_prefix("*.").unwrap_or(host);
-        if wild.is_empty() || wild.contains('*') || host == "*" {
-            return Err(bad("host wildcards are only allowed as a leading `*.`"));
-        }
-        Ok(UrlPattern {
-            scheme: scheme.to_string(),
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
-    /// Whether `url` matches.
-    pub fn matches(&self, url: &reqwest::Url) -> bool {
-        if url.scheme() != self.scheme {
-            return false;
-        }
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let host = host.to_ascii_lowercase();
-        let host_ok = match self.host.strip_prefix("*.") {
-            Some(suffix) => host.ends_with(&format!(".{suffix}")),
-            None => host == self.host,
-        };
-        host_ok
-            && self
-                .port
-                .is_none_or(|p| url.port_or_known_default() == Some(p))
-    }
-}
-
-impl std::fmt::Display for UrlPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.port {
-            Some(p) => write!(f, "{}://{}:{p}", self.scheme, self.host),
-            None => write!(f, "{}://{}:*", self.scheme, self.host),
-        }
-    }
-}
-
 /// Finds the lab file: `flag`, `$TFDC_LAB_FILE`, the device config key,
 /// then the default path. `Ok(None)` when none is named and the default
 /// does not exist; a named file that is missing is an error.
@@ -534,6 +468,7 @@ mod tests {
             l.file_source("file:np.wasm").unwrap(),
             Path::new("/lab/np.wasm")
         );
+        assert!(l.file.endpoints.is_empty());
         let g = parse_grants(&l.file.connectors["noprovision"].grants).unwrap();
         assert!(g.caps[&Capability::Ssh].contains("device"));
         assert_eq!(g.urls.len(), 1);
@@ -562,6 +497,14 @@ mod tests {
                 "port",
             ),
             (format!("{base}    limits: {{memory: lots}}\n"), "limits"),
+            (
+                format!("endpoints: {{control-host: 'http://x/'}}\n{base}"),
+                "endpoints: `control-host` is reserved",
+            ),
+            (
+                format!("endpoints: {{mirror: 'mirror.lab'}}\n{base}"),
+                "endpoint `mirror`",
+            ),
             (format!("{base}    surprise: 1\n"), "surprise"),
         ] {
             let err = lab(&text).unwrap_err().to_string();
@@ -574,16 +517,12 @@ mod tests {
     }
 
     #[test]
-    fn url_patterns() {
-        let p = UrlPattern::parse("https://images.lab:443").unwrap();
-        let u = |s: &str| reqwest::Url::parse(s).unwrap();
-        assert!(p.matches(&u("https://images.lab/a.img")));
-        assert!(!p.matches(&u("http://images.lab:443/a.img")));
-        assert!(!p.matches(&u("https://images.lab:8443/a.img")));
-        assert!(!p.matches(&u("https://evil.images.lab.attacker/a")));
-        let w = UrlPattern::parse("http://*.lab:*").unwrap();
-        assert!(w.matches(&u("http://a.b.lab:81/x")));
-        assert!(!w.matches(&u("http://lab:81/x")));
+    fn endpoints_are_read() {
+        let l = lab(
+            "version: 1\nendpoints:\n  mirror: http://mirror.lab:8080/ubuntu\nconnectors: {}\n",
+        )
+        .unwrap();
+        assert_eq!(l.file.endpoints["mirror"], "http://mirror.lab:8080/ubuntu");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod connectors;
 pub mod context;
 pub mod control_host;
 pub mod defaults;
+pub mod endpoints;
 pub mod engine;
 pub mod error;
 pub mod host;

@@ -2,7 +2,9 @@
 //! version, provision types, WIT version, capabilities it needs, the shape
 //! of the stage data it accepts). The SDK embeds it, from the connector
 //! crate's `connector.toml`, as the custom section [`SECTION`] of the
-//! component's core module.
+//! component's core module. The component's real imports and exports,
+//! which the manifest's word is checked against, are read here too
+//! ([`interface_names`]).
 
 use std::collections::BTreeMap;
 
@@ -149,6 +151,34 @@ pub fn read(component: &[u8]) -> Result<Manifest, ManifestError> {
     let bytes = found.ok_or(ManifestError::Missing)?;
     let text = String::from_utf8(bytes).map_err(|_| ManifestError::Invalid("not UTF-8".into()))?;
     Manifest::parse(&text)
+}
+
+/// Names of the component's top-level imports and exports (interfaces
+/// such as `testflinger:connector/ssh@0.2.0`).
+pub fn interface_names(component: &[u8]) -> Result<(Vec<String>, Vec<String>), ManifestError> {
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    let mut depth = 0usize;
+    let bad = |e: wasmparser::BinaryReaderError| ManifestError::NotWasm(e.to_string());
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.map_err(bad)? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    imports.push(import.map_err(bad)?.name.name.to_string());
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    exports.push(export.map_err(bad)?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((imports, exports))
 }
 
 #[cfg(test)]

@@ -9,23 +9,31 @@ use serde_json::{Map, Value};
 use wasmtime::Store;
 
 use crate::cache::{self, CodeCache};
-use crate::capability::{Gate, Subject};
-use crate::cli::StageArgs;
+use crate::capability::{Gate, Subject, UrlPattern};
 use crate::config::DeviceConfig;
 use crate::connectors::{self, Origin, Resolved};
 use crate::context::{ConnectorInfo, StageContext, StageSpec};
 use crate::engine;
 use crate::error::StageError;
 use crate::host::HostState;
-use crate::host::wit::{
-    self,
-    latest::types::{Failure, PhaseError},
-};
+use crate::host::wit;
 use crate::job_file::JobFile;
 use crate::lab::{self, LoadedLab};
 use crate::manifest::{self, Manifest};
 use crate::rundir::RunDir;
-use crate::stage::Stage;
+use crate::stage::{Failure, PhaseOutcome, Stage};
+
+/// Arguments of one stage invocation (parsed by [`crate::cli`]).
+#[derive(Debug, Clone)]
+pub struct StageArgs {
+    pub provision_type: String,
+    pub stage: Stage,
+    pub config: std::path::PathBuf,
+    pub job_data: std::path::PathBuf,
+    pub connector: Option<std::path::PathBuf>,
+    pub lab: Option<std::path::PathBuf>,
+    pub debug: bool,
+}
 
 /// Environment variable naming a JSON-lines audit file (overrides the lab
 /// file's `audit_log`).
@@ -105,7 +113,7 @@ fn run_inner(args: &StageArgs, rundir: &RunDir) -> Result<u8, StageError> {
 /// exports outside the version lines this runtime serves (or without a
 /// version), if any.
 pub fn foreign_interface(component: &[u8]) -> Option<String> {
-    let (imports, exports) = crate::commands::inspect::interface_names(component).ok()?;
+    let (imports, exports) = manifest::interface_names(component).ok()?;
     imports
         .into_iter()
         .chain(exports)
@@ -198,7 +206,7 @@ pub async fn prepare(
 /// What the lab grants a resolved connector, and where that comes from.
 pub struct Grants {
     pub caps: crate::capability::CapabilitySet,
-    pub urls: Vec<crate::lab::UrlPattern>,
+    pub urls: Vec<UrlPattern>,
     /// For messages: where to add a grant.
     pub source: String,
 }
@@ -299,6 +307,7 @@ async fn run_connector(
         rundir,
         limits,
         gate,
+        lab_endpoints: lab.map(|l| l.file.endpoints).unwrap_or_default(),
     })
     .map_err(|e| StageError::failed("ConfigError", format!("{e:#}")))?;
 
@@ -363,10 +372,10 @@ pub async fn call_phase(
             Err(StageError::failed("ConnectorError", msg))
         }
         // Exit statuses are 8 bits, as the OS truncates them.
-        Ok(Ok(Ok(status))) => Ok(Some(status as u8)),
-        Ok(Ok(Err(PhaseError::Unsupported))) => Ok(None),
-        Ok(Ok(Err(PhaseError::Failed(f)))) => Err(stage_error(stage, false, f)),
-        Ok(Ok(Err(PhaseError::RecoveryNeeded(f)))) => Err(stage_error(stage, true, f)),
+        Ok(Ok(PhaseOutcome::Done(status))) => Ok(Some(status as u8)),
+        Ok(Ok(PhaseOutcome::Unsupported)) => Ok(None),
+        Ok(Ok(PhaseOutcome::Failed(f))) => Err(stage_error(stage, false, f)),
+        Ok(Ok(PhaseOutcome::RecoveryNeeded(f))) => Err(stage_error(stage, true, f)),
     }
 }
 

@@ -27,7 +27,6 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
 
 use crate::config::DeviceConfig;
-use crate::host::HostError;
 use crate::rundir::RunDir;
 use crate::stage::Stage;
 
@@ -91,24 +90,6 @@ pub enum SerialError {
     TooManyPorts { open: usize, max: usize },
     #[error("serial console {0} cannot be used outside the runtime's async executor")]
     NoRuntime(String),
-}
-
-impl From<SerialError> for HostError {
-    fn from(e: SerialError) -> Self {
-        let text = e.to_string();
-        match e {
-            SerialError::NotConfigured | SerialError::NoSuchPort { .. } => {
-                HostError::not_found(text)
-            }
-            SerialError::InvalidPattern { .. } => HostError::invalid(text),
-            SerialError::Timeout { .. } | SerialError::NotConnected { .. } => {
-                HostError::timeout(text)
-            }
-            SerialError::Io { .. } => HostError::io(text),
-            SerialError::TooManyPorts { .. } => HostError::limit(text),
-            SerialError::BadConfig(_) | SerialError::NoRuntime(_) => HostError::other(text),
-        }
-    }
 }
 
 /// What the capture did so far (for diagnostics and tests).
@@ -845,8 +826,6 @@ mod tests {
         assert!(err.contains(r"`x\r\n(?:never)`"), "{err}");
         let err = port.wait_for("(unclosed", T).await.unwrap_err();
         assert!(matches!(err, SerialError::InvalidPattern { .. }), "{err}");
-        let host: HostError = err.into();
-        assert_eq!(host.kind(), "invalid");
     }
 
     #[tokio::test]
@@ -931,7 +910,6 @@ mod tests {
         let err = hub.open(CONSOLE).err().unwrap();
         assert!(matches!(err, SerialError::TooManyPorts { open: 2, max: 2 }));
         assert!(err.to_string().contains("limits.max_serial_ports"));
-        assert_eq!(HostError::from(err).kind(), "limit");
         drop(b);
         let b = hub.open(CONSOLE).unwrap();
         assert!(server.wait_open_async(1, T).await);
@@ -957,9 +935,8 @@ mod tests {
         assert!(!hub.configured());
         assert!(hub.capture().is_none());
         let err = hub.open(CONSOLE).err().unwrap();
-        let host: HostError = err.into();
-        assert_eq!(host.kind(), "not-found");
-        let text = host.to_string();
+        assert!(matches!(err, SerialError::NotConfigured), "{err}");
+        let text = err.to_string();
         assert!(
             text.contains("serial_host") && text.contains("serial_port"),
             "{text}"

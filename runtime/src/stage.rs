@@ -1,5 +1,6 @@
-//! The six stages of the command line and how each maps onto job keys,
-//! attachment folders and serial log names.
+//! The six stages of the command line, how each maps onto job keys,
+//! attachment folders and serial log names, and how a connector's export
+//! of a stage ended ([`PhaseOutcome`]).
 
 use std::fmt;
 
@@ -96,6 +97,34 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.cli_name())
     }
+}
+
+/// A failure as the connector reported it: the error class the agent shows
+/// (`ProvisioningError`, `MaasStorageError` ...), what happened, and what
+/// caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The exception class name; empty when the connector named none.
+    pub class: String,
+    /// What happened and what to do about it.
+    pub message: String,
+    /// The underlying cause, if the connector gave one.
+    pub cause: Option<String>,
+}
+
+/// How a connector's export of a stage ended, whatever WIT version it was
+/// built against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhaseOutcome {
+    /// The stage succeeded; for `runtest`, with the tests' exit status.
+    Done(i32),
+    /// The connector does not implement the stage: the runtime's native
+    /// default runs instead.
+    Unsupported,
+    /// The stage failed; the device is still usable (exit 1).
+    Failed(Failure),
+    /// The stage failed and the device needs manual recovery (exit 46).
+    RecoveryNeeded(Failure),
 }
 
 #[cfg(test)]

@@ -220,24 +220,26 @@ impl Hostile {
             .collect()
     }
 
-    /// Whether a denial of `target` for `capability` was audited, on
-    /// stderr and in the JSON file.
-    fn assert_denial_audited(&self, run: &Run, capability: &str, target: &str) {
+    /// Whether a denial of the host call `call` reaching `target` was
+    /// audited, on stderr and in the JSON file (one line per call:
+    /// `call=ssh.connect capability=ssh:control-host target=control-host
+    /// result=denied`).
+    fn assert_denial_audited(&self, run: &Run, call: &str, target: &str) {
         assert!(
-            self.audit().iter().any(|l| l["result"] == "denied"
-                && l["capability"] == capability
-                && l["target"] == target),
-            "no JSON audit line for the denial of {capability} {target}: {:?}",
+            self.audit()
+                .iter()
+                .any(|l| l["result"] == "denied" && l["call"] == call && l["target"] == target),
+            "no JSON audit line for the denial of {call} {target}: {:?}",
             self.audit()
         );
         assert!(
             run.stderr
                 .lines()
                 .any(|l| l.contains("WARNING: DEVICE CONNECTOR: audit")
-                    && l.contains(&format!("capability={capability} "))
+                    && l.contains(&format!("call={call} "))
                     && l.contains("result=denied")
                     && l.contains(target)),
-            "no audit line on stderr for the denial of {capability} {target}"
+            "no audit line on stderr for the denial of {call} {target}"
         );
     }
 
@@ -474,22 +476,23 @@ fn hostile_ungranted_capabilities_are_denied_and_audited() {
         "transfer.to-artifact",
         "capability transfer: job-urls is not granted",
     );
-    for (cap, target) in [
-        ("power", "ungranted_script"),
-        ("power", "poweroff_script"),
-        ("power", "no_such_key"),
-        ("http", "control-host"),
-        ("http", "maas"),
-        ("http", &format!("{g}/not-in-the-job")),
-        ("http", &format!("http://127.0.0.1:{b_port}/in-job")),
-        ("http", &format!("https://127.0.0.1:{a_port}/in-job")),
+    for (call, target) in [
+        ("power.run", "ungranted_script"),
+        ("power.run", "poweroff_script"),
+        ("power.run", "no_such_key"),
+        ("http.call", "control-host:/"),
+        ("http.call", "maas:/api"),
+        ("http.fetch", &format!("{g}/not-in-the-job")),
+        ("http.fetch", &format!("http://127.0.0.1:{b_port}/in-job")),
+        ("http.fetch", &format!("https://127.0.0.1:{a_port}/in-job")),
         ("http.fetch", &format!("{g}/redirect")),
-        ("ssh", "control-host"),
-        ("ssh", "bmc"),
-        ("serial", "console"),
-        ("transfer", "job-urls"),
+        ("ssh.connect", "control-host"),
+        ("ssh.connect", "bmc"),
+        ("ssh.wait-reachable", "control-host"),
+        ("serial.open", "console"),
+        ("transfer.to-artifact", &format!("{g}/ok")),
     ] {
-        h.assert_denial_audited(&run, cap, target);
+        h.assert_denial_audited(&run, call, target);
     }
     assert!(other.requests().is_empty(), "{:?}", other.requests());
     assert!(control_host.requests().is_empty());
@@ -833,7 +836,7 @@ fn hostile_endless_host_call_is_stopped_with_its_processes() {
         assert!(
             audit
                 .iter()
-                .all(|l| l["capability"] != "power" || l["result"] != "denied"),
+                .all(|l| l["call"] != "power.run" || l["result"] != "denied"),
             "{audit:?}"
         );
     }
@@ -1141,7 +1144,9 @@ fn hostile_ssh_ungranted_target_and_session_floods_are_stopped() {
             "{line}"
         );
     }
-    h.assert_denial_audited(&run, "ssh", "control-host");
+    for call in ["ssh.connect", "ssh.wait-reachable", "ssh.authorize-key"] {
+        h.assert_denial_audited(&run, call, "control-host");
+    }
     let line = outcome(&msg, "ssh.sessions");
     assert!(line.contains("=> limit after 32 sessions: "), "{line}");
     assert!(line.contains("limits.max_ssh_sessions"), "{line}");
@@ -1375,7 +1380,20 @@ fn hostile_transfer_and_download_names_cannot_escape() {
         symlink,
     );
     assert_eq!(h.rd.read("artifacts/remote.txt"), "from the device\n");
-    h.assert_denial_audited(&run, "ssh.download-artifact", "../escape.txt");
+    // The call reached the device; the artifact name it wanted to write
+    // was refused, recorded as a denial with the reason.
+    h.assert_denial_audited(&run, "ssh.download-artifact", "device");
+    assert!(
+        h.audit()
+            .iter()
+            .any(|l| l["call"] == "ssh.download-artifact"
+                && l["result"] == "denied"
+                && l["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("../escape.txt"))),
+        "{:?}",
+        h.audit()
+    );
     assert!(other.requests().is_empty(), "{:?}", other.requests());
     assert!(!h.rd.exists("artifacts/redirected.bin") && !h.rd.exists("artifacts/nj.bin"));
     // Only the allowed download reached the device.

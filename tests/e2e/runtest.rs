@@ -274,6 +274,13 @@ fn the_control_host_is_asked_to_prepare_for_the_test() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].method, "POST");
     assert_eq!(requests[0].path, "/api/v1/system/setup/test");
+    // The reference announces the hook (§3.3).
+    assert!(
+        run.stderr
+            .contains("INFO: DEVICE CONNECTOR: Setting up test on control host 127.0.0.1\n"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

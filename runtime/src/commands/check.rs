@@ -71,9 +71,24 @@ pub async fn check(
 
     let _ = writeln!(out, "\ndevice config ({}):", config.path().display());
     let mut config_lines = 0;
+    // Named endpoints the lab file and the device config define.
+    let endpoints = crate::endpoints::merged(
+        &lab.as_ref()
+            .map(|l| l.file.endpoints.clone())
+            .unwrap_or_default(),
+        &config.runtime.endpoints,
+    );
     for cap in Capability::ALL {
         for name in declared.get(&cap).into_iter().flatten() {
-            match config_need(cap, name) {
+            match config_need(cap, name, &endpoints) {
+                None if cap == Capability::Http => {
+                    problems += 1;
+                    config_lines += 1;
+                    let _ = writeln!(
+                        out,
+                        "    http: {name}   NOT DEFINED: not a built-in endpoint; define it under `endpoints:` in the lab file or `connector_runtime.endpoints` in the device config"
+                    );
+                }
                 None => {
                     problems += 1;
                     config_lines += 1;
@@ -164,8 +179,7 @@ fn config_problem(config: &DeviceConfig, cap: Capability, name: &str) -> Option<
     if (cap, name) != (Capability::Http, "maas") {
         return None;
     }
-    let job = crate::job_file::JobFile::parse(Path::new("(none)"), "{}").ok()?;
-    let http = crate::http::HttpClient::new(config, &job).ok()?;
+    let http = crate::http::HttpClient::new(config).ok()?;
     if let Err(e) = http.endpoint_base("maas") {
         return Some(e.to_string());
     }

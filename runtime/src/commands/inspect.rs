@@ -105,30 +105,5 @@ pub fn report(bytes: &[u8], origin: &str) -> Result<String, CommandError> {
 
 /// Names of the component's top-level imports and exports.
 pub fn interface_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), CommandError> {
-    let mut imports = Vec::new();
-    let mut exports = Vec::new();
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let payload =
-            payload.map_err(|e| CommandError::new(format!("not a valid component: {e}")))?;
-        match payload {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
-                for import in reader {
-                    let import = import.map_err(|e| CommandError::new(e.to_string()))?;
-                    imports.push(import.name.name.to_string());
-                }
-            }
-            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
-                for export in reader {
-                    let export = export.map_err(|e| CommandError::new(e.to_string()))?;
-                    exports.push(export.name.name.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((imports, exports))
+    manifest::interface_names(bytes).map_err(|e| CommandError::new(e.to_string()))
 }

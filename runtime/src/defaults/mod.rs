@@ -20,10 +20,10 @@ pub async fn run(cx: &Arc<StageContext>) -> Result<u8, StageError> {
         Stage::Provision => {
             // The reference's base provision only runs the control-host hook.
             tracing::info!(target: "tfdc::defaults", "Running pre-provision hook");
-            crate::control_host::power_cycle(cx, false, Duration::from_secs(300))
+            crate::control_host::power_cycle(&cx.config, &cx.http, false, Duration::from_secs(300))
                 .await
                 .map_err(|e| StageError::failed("TimeoutError", e.to_string()))?;
-            crate::control_host::setup(cx, "provisioning", None).await;
+            crate::control_host::setup(&cx.config, &cx.http, "provisioning", None).await;
             Ok(0)
         }
         Stage::FirmwareUpdate => Err(StageError::failed(

@@ -42,9 +42,9 @@ pub const BAD_TYPE: &str = "test_cmds field must be a list or string";
 /// Runs the default runtest and returns the exit status.
 pub async fn run(cx: &Arc<StageContext>) -> Result<u8, StageError> {
     tracing::info!(target: "tfdc::defaults", "BEGIN testrun");
-    if cx.config.string("control_host").is_some() {
-        crate::control_host::setup(cx, "test", None).await;
-    }
+    // The pre-test hook: `Setting up test on control host <host>`, then a
+    // best-effort request (nothing without a control host).
+    crate::control_host::setup(&cx.config, &cx.http, "test", None).await;
     let test_cmds = test_cmds(cx)?;
     // The console is captured into test-serial.log while the commands run.
     let rc = {

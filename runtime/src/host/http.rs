@@ -1,20 +1,20 @@
-//! `http`: requests to named endpoints and to URLs the job provides.
+//! `http`: requests to named endpoints and to URLs the job provides (see
+//! [`crate::http`]).
 
-use super::{HostError, HostState, duration_ms, parse_options};
-use crate::capability::Capability;
-use crate::context::StageContext;
+use super::outward::Outward;
+use super::{HostError, parse_options};
+use crate::capability::{Ask, Capability, funcs};
+use crate::error::redact_url;
 use crate::host::wit::latest::http::{Host, Request, Response};
-use crate::http::{self as client, HttpError};
+use crate::http::{self as client, HttpClient, HttpError};
 
 impl From<HttpError> for HostError {
     fn from(e: HttpError) -> Self {
         match e {
-            HttpError::UnknownEndpoint(_) | HttpError::NotConfigured { .. } => {
+            HttpError::UnknownEndpoint { .. } | HttpError::NotConfigured { .. } => {
                 HostError::not_found(e.to_string())
             }
-            HttpError::NotAJobUrl(_) | HttpError::Redirect { .. } => {
-                HostError::denied(e.to_string())
-            }
+            HttpError::Refused(_) | HttpError::Redirect { .. } => HostError::denied(e.to_string()),
             HttpError::Invalid(_)
             | HttpError::BadConfig { .. }
             | HttpError::OwnAuthorization(_) => HostError::invalid(e.to_string()),
@@ -27,58 +27,70 @@ impl From<HttpError> for HostError {
     }
 }
 
-/// Checks a URL a connector wants fetched (by `http.fetch` or a
-/// transfer): it must be one the job provides, and covered by the lab's
-/// URL grants if there are any. Denials are audited.
-pub fn check_fetch_url(cx: &StageContext, cap: Capability, url: &str) -> Result<(), HostError> {
-    if let Err(e) = cx.http.check_job_url(url) {
-        return Err(cx.gate.deny(cap, &client::redact_url(url), e.into()));
-    }
-    cx.gate.check_url(cap, url)
+/// What `http` needs: the gate, the client, and the return-size limit.
+pub struct HttpView<'a> {
+    pub outward: Outward<'a>,
+    pub http: &'a HttpClient,
+    /// `limits.max_return_bytes`.
+    pub max_return_bytes: u64,
 }
 
-impl HostState {
-    async fn send_http(&mut self, url: String, req: Request) -> Result<Response, HostError> {
-        let timeout = duration_ms(req.timeout).min(self.cx.limits.host_call_timeout);
-        let resp = self
-            .cx
-            .http
-            .send(
-                client::Request {
-                    method: req.method,
-                    url,
-                    headers: req.headers,
-                    body: req.body,
-                    timeout,
-                },
-                self.cx.limits.max_return_bytes,
-            )
-            .await?;
-        Ok(Response {
-            status: resp.status,
-            headers: resp.headers,
-            body: resp.body,
-        })
+/// The [`wasmtime::component::HasData`] of `http`.
+pub struct HasHttp;
+
+impl wasmtime::component::HasData for HasHttp {
+    type Data<'a> = HttpView<'a>;
+}
+
+fn request(req: Request, url: String, timeout: std::time::Duration) -> client::Request {
+    client::Request {
+        method: req.method,
+        url,
+        headers: req.headers,
+        body: req.body,
+        timeout,
     }
 }
 
-impl Host for HostState {
+fn response(resp: client::Response) -> Response {
+    Response {
+        status: resp.status,
+        headers: resp.headers,
+        body: resp.body,
+    }
+}
+
+impl Host for HttpView<'_> {
     async fn call(
         &mut self,
         endpoint: String,
         req: Request,
         opts: Vec<(String, String)>,
     ) -> Result<Response, HostError> {
-        parse_options(&opts, &[], "http.call")?;
-        self.cx.gate.check(Capability::Http, &endpoint)?;
-        let url = self.cx.http.endpoint_url(&endpoint, &req.url)?;
-        // Credentials are added here, on the host: the guest never sees them.
-        let mut req = req;
-        self.cx.http.sign(&endpoint, &mut req.headers)?;
-        let cx = self.cx.clone();
-        let shown = client::redact_url(&url);
-        let call = cx.gate.begin("http.call", &shown);
-        call.end(self.send_http(url.clone(), req).await)
+        let (http, max) = (self.http, self.max_return_bytes);
+        // The audit line names the endpoint and the path, not the base URL
+        // the lab configured.
+        let target = format!("{endpoint}:{}", req.url);
+        let timeout = req.timeout;
+        let endpoint = endpoint.as_str();
+        self.outward
+            .call(
+                &funcs::HTTP_CALL,
+                &[Ask::Name(Capability::Http, endpoint)],
+                &target,
+                Some(timeout),
+                |deadline| async move {
+                    parse_options(&opts, &[], "http.call")?;
+                    // Credentials are added by the client, on the host: the
+                    // guest never sees them.
+                    let path = req.url.clone();
+                    let resp = http
+                        .call_endpoint(endpoint, request(req, path, deadline), max)
+                        .await?;
+                    Ok::<_, HostError>(response(resp))
+                },
+            )
+            .await
     }
 
     async fn fetch(
@@ -86,14 +98,25 @@ impl Host for HostState {
         req: Request,
         opts: Vec<(String, String)>,
     ) -> Result<Response, HostError> {
-        parse_options(&opts, &[], "http.fetch")?;
-        self.cx.gate.check(Capability::Http, "job-urls")?;
-        check_fetch_url(&self.cx, Capability::Http, &req.url)?;
+        let (http, max) = (self.http, self.max_return_bytes);
         let url = req.url.clone();
-        let cx = self.cx.clone();
-        let shown = client::redact_url(&url).into_owned();
-        let call = cx.gate.begin("http.fetch", &shown);
-        call.end(self.send_http(url, req).await)
+        let url = url.as_str();
+        let shown = redact_url(url).into_owned();
+        self.outward
+            .call(
+                &funcs::HTTP_FETCH,
+                &[Ask::JobUrl(Capability::Http, url)],
+                &shown,
+                Some(req.timeout),
+                |deadline| async move {
+                    parse_options(&opts, &[], "http.fetch")?;
+                    let resp = http
+                        .send(request(req, url.to_string(), deadline), max)
+                        .await?;
+                    Ok::<_, HostError>(response(resp))
+                },
+            )
+            .await
     }
 }
 
@@ -101,9 +124,12 @@ impl Host for HostState {
 mod tests {
     use labsim::maas::MaasSim;
 
+    use labsim::web::{Reply, WebServer};
+
     use super::*;
+    use crate::endpoints::Endpoints;
     use crate::host::wit::latest::job::Host as _;
-    use crate::testing::context::{context, state};
+    use crate::testing::context::{context, context_with, state};
 
     fn request(path: &str, headers: Vec<(String, String)>) -> Request {
         Request {
@@ -130,9 +156,10 @@ mod tests {
             maas.api_key()
         );
         let cx = context(dir.path(), &yaml, "{}", &[(Capability::Http, "maas")]);
-        let mut host = state(&cx);
+        let mut st = state(&cx);
 
-        let resp = host
+        let resp = st
+            .http()
             .call(
                 "maas".into(),
                 request("/api/2.0/machines/n1/", vec![]),
@@ -145,7 +172,8 @@ mod tests {
 
         // A connector cannot sign (or forge) requests itself.
         let forged = vec![("Authorization".to_string(), "OAuth x".to_string())];
-        let err = host
+        let err = st
+            .http()
             .call("maas".into(), request("/api/2.0/version/", forged), vec![])
             .await
             .unwrap_err()
@@ -153,11 +181,124 @@ mod tests {
         assert!(err.contains("the host signs them"), "{err}");
         assert_eq!(maas.calls().len(), 1);
 
-        let view = host.device_config_json().await.unwrap();
+        let view = st.job().device_config_json().await.unwrap();
         assert!(view.contains("maas_url"), "{view}");
         assert!(
             !view.contains("maas_api_key") && !view.contains("HOSTONLYSECRET"),
             "{view}"
         );
+    }
+
+    /// A lab-defined endpoint is a capability like any other: reached only
+    /// when granted, only below its base URL, its redirects not followed.
+    #[tokio::test]
+    async fn lab_endpoints_are_reached_only_when_granted_and_only_below_their_base() {
+        let secret = WebServer::start("127.0.0.1", |_| Reply::text("INTERNAL")).unwrap();
+        let secret_url = secret.url();
+        let mirror = WebServer::start("127.0.0.1", move |r| match r.path_only() {
+            "/ubuntu/moved" => Reply::Full {
+                status: 302,
+                headers: vec![("location".into(), format!("{secret_url}/x"))],
+                body: Default::default(),
+            },
+            p if p.starts_with("/ubuntu/") => Reply::text("mirrored"),
+            _ => Reply::text("OUTSIDE THE BASE"),
+        })
+        .unwrap();
+        let seed = WebServer::start("127.0.0.1", |_| Reply::text("seed")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Endpoints::from([
+            ("mirror".to_string(), format!("{}/ubuntu", mirror.url())),
+            ("seed".to_string(), seed.url()),
+        ]);
+        // Both declared, only the mirror granted.
+        let cx = context_with(
+            dir.path(),
+            "{}",
+            "{}",
+            &[(Capability::Http, "mirror"), (Capability::Http, "seed")],
+            &[(Capability::Http, "mirror")],
+            &lab,
+        );
+        let mut st = state(&cx);
+        let get = |path: &str| request(path, vec![]);
+        let resp = st
+            .http()
+            .call("mirror".into(), get("/dists/noble/Release"), vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            (resp.status, resp.body.as_slice()),
+            (200, b"mirrored".as_slice())
+        );
+        let err = st
+            .http()
+            .call("seed".into(), get("/x"), vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "denied");
+        assert!(
+            err.to_string().contains("http: seed is not granted"),
+            "{err}"
+        );
+        assert!(seed.requests().is_empty());
+
+        for (path, kind) in [
+            ("/../secret", "denied"),
+            ("/a/../../secret", "denied"),
+            ("/%2e%2e/secret", "denied"),
+            ("/a\\..\\..\\secret", "denied"),
+            ("dists/noble", "invalid"),
+            ("@127.0.0.1:1/x", "invalid"),
+            ("http://127.0.0.1:1/x", "invalid"),
+        ] {
+            let err = st
+                .http()
+                .call("mirror".into(), get(path), vec![])
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), kind, "{path}: {err}");
+        }
+        // Another host in the path is only a path on the mirror.
+        let resp = st
+            .http()
+            .call("mirror".into(), get("//127.0.0.1:1/x"), vec![])
+            .await
+            .unwrap();
+        assert_eq!(resp.body, b"mirrored");
+        // A redirect is the answer; nothing follows it.
+        let resp = st
+            .http()
+            .call("mirror".into(), get("/moved"), vec![])
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 302);
+        assert!(secret.requests().is_empty());
+        for r in mirror.requests() {
+            assert!(r.path.starts_with("/ubuntu/"), "{} left the base", r.path);
+        }
+        assert_eq!(mirror.requests().len(), 3);
+
+        // A granted name the lab never defined is not-found, naming where
+        // to define it; the connector never learns the base URLs.
+        let cx = context_with(
+            dir.path(),
+            "{}",
+            "{}",
+            &[(Capability::Http, "archive")],
+            &[(Capability::Http, "archive")],
+            &lab,
+        );
+        let err = state(&cx)
+            .http()
+            .call("archive".into(), get("/"), vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "not-found");
+        assert!(
+            err.to_string().contains("`endpoints:` in the lab file"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("127.0.0.1"), "{err}");
     }
 }

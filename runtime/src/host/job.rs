@@ -1,15 +1,42 @@
 //! `job`: the stage, the job and device config (without secrets), and the
-//! run-directory files a connector may read or write.
+//! run-directory files a connector may read or write. These reach nothing
+//! outside the run directory, so they do not go through the call wrapper;
+//! a name refused for leaving its folder is audited all the same.
 
-use super::{HostError, HostState};
+use super::HostError;
+use crate::capability::{AuditLine, CapabilityLabel, Gate, HostFn, funcs};
+use crate::config::DeviceConfig;
 use crate::host::wit::latest::job::{Host, Stage as WitStage};
-use crate::rundir::{PathError, ReadError};
+use crate::job_file::JobFile;
+use crate::limits::Limits;
+use crate::rundir::{PathError, ReadError, RunDir};
 use crate::stage::Stage;
+
+/// What `job` needs: the invocation's inputs, and the bytes
+/// `write-artifact` wrote in this stage.
+pub struct JobView<'a> {
+    pub stage: Stage,
+    pub job: &'a JobFile,
+    pub config: &'a DeviceConfig,
+    pub rundir: &'a RunDir,
+    pub limits: &'a Limits,
+    /// For the audit lines of refused names.
+    pub gate: &'a Gate,
+    /// Bytes written by `write-artifact` in this stage.
+    pub artifact_bytes: &'a mut u64,
+}
+
+/// The [`wasmtime::component::HasData`] of `job`.
+pub struct HasJob;
+
+impl wasmtime::component::HasData for HasJob {
+    type Data<'a> = JobView<'a>;
+}
 
 impl From<PathError> for HostError {
     fn from(e: PathError) -> Self {
         match e {
-            PathError::Refused(..) | PathError::Symlink(_) => HostError::invalid(e.to_string()),
+            PathError::Refused(..) | PathError::Symlink(_) => HostError::Escape(e.to_string()),
             PathError::Io(_, ref io) if io.kind() == std::io::ErrorKind::NotFound => {
                 HostError::not_found(e.to_string())
             }
@@ -29,22 +56,26 @@ impl From<ReadError> for HostError {
     }
 }
 
-impl HostState {
-    /// Converts a run-directory error for the guest. A name refused for
-    /// trying to leave its folder (`..`, absolute, symlink, not a regular
-    /// file) is audited like a denial: it changed nothing, but an operator
-    /// wants to know a connector tried.
-    pub(crate) fn path_error(&self, operation: &str, name: &str, e: PathError) -> HostError {
-        if matches!(e, PathError::Refused(..) | PathError::Symlink(_)) {
-            self.cx.gate.audit(
-                operation,
-                name,
-                "denied",
-                std::time::Duration::ZERO,
-                Some(&e.to_string()),
-            );
+impl JobView<'_> {
+    /// Passes `result` through, auditing an escape attempt on `name` (the
+    /// only outcome of these functions the audit trail records).
+    fn audited<T>(
+        &self,
+        func: &HostFn,
+        name: &str,
+        result: Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        if let Err(e @ HostError::Escape(_)) = &result {
+            self.gate.audit(&AuditLine {
+                call: func.call,
+                capability: CapabilityLabel(None),
+                target: name,
+                result: e.audit_result(),
+                duration: std::time::Duration::ZERO,
+                detail: Some(&e.to_string()),
+            });
         }
-        e.into()
+        result
     }
 }
 
@@ -54,15 +85,9 @@ const MAX_DEVICE_INFO_VALUE: usize = 64 * 1024;
 /// posts it with the results, and every call rewrites it whole.
 pub const MAX_DEVICE_INFO_FILE: usize = 1 << 20;
 
-/// Bytes written by `write-artifact` in this stage.
-#[derive(Debug, Default)]
-pub struct ArtifactState {
-    bytes: u64,
-}
-
-impl Host for HostState {
+impl Host for JobView<'_> {
     async fn current_stage(&mut self) -> wasmtime::Result<WitStage> {
-        Ok(match self.cx.stage {
+        Ok(match self.stage {
             Stage::Provision => WitStage::Provision,
             Stage::FirmwareUpdate => WitStage::FirmwareUpdate,
             Stage::Runtest => WitStage::Runtest,
@@ -73,29 +98,32 @@ impl Host for HostState {
     }
 
     async fn job_json(&mut self) -> wasmtime::Result<String> {
-        Ok(self.cx.job.guest_view().to_string())
+        Ok(self.job.guest_view().to_string())
     }
 
     async fn device_config_json(&mut self) -> wasmtime::Result<String> {
-        Ok(self.cx.config.guest_view().to_string())
+        Ok(self.config.guest_view().to_string())
     }
 
     async fn attachments(&mut self, phase: String) -> Result<Vec<String>, HostError> {
-        self.cx
+        let result = self
             .rundir
             .list_attachments(&phase)
-            .map_err(|e| self.path_error("job.attachments", &phase, e))
+            .map_err(HostError::from);
+        self.audited(&funcs::JOB_ATTACHMENTS, &phase, result)
     }
 
     async fn read_attachment(&mut self, phase: String, name: String) -> Result<Vec<u8>, HostError> {
-        let max = self.cx.limits.max_return_bytes;
-        match self.cx.rundir.read_attachment(&phase, &name, max) {
-            Ok(data) => Ok(data),
-            Err(ReadError::Path(e)) => {
-                Err(self.path_error("job.read-attachment", &format!("{phase}/{name}"), e))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let max = self.limits.max_return_bytes;
+        let result = self
+            .rundir
+            .read_attachment(&phase, &name, max)
+            .map_err(HostError::from);
+        self.audited(
+            &funcs::JOB_READ_ATTACHMENT,
+            &format!("{phase}/{name}"),
+            result,
+        )
     }
 
     async fn set_device_info(&mut self, key: String, value_json: String) -> Result<(), HostError> {
@@ -113,7 +141,7 @@ impl Host for HostState {
         let value: serde_json::Value = serde_json::from_str(&value_json).map_err(|e| {
             HostError::invalid(format!("device_info value for `{key}` is not JSON: {e}"))
         })?;
-        let mut info = self.cx.rundir.read_device_info();
+        let mut info = self.rundir.read_device_info();
         info.insert(key.clone(), value);
         let size = serde_json::to_vec(&info).map_or(usize::MAX, |b| b.len());
         if size > MAX_DEVICE_INFO_FILE {
@@ -121,26 +149,26 @@ impl Host for HostState {
                 "device_info would grow to {size} bytes with `{key}`, over the limit of {MAX_DEVICE_INFO_FILE} bytes"
             )));
         }
-        self.cx
-            .rundir
+        self.rundir
             .write_device_info(&info)
             .map_err(|e| HostError::io(format!("cannot write device-info.json: {e}")))
     }
 
     async fn write_artifact(&mut self, name: String, data: Vec<u8>) -> Result<(), HostError> {
-        let max = self.cx.limits.max_artifact_bytes;
-        let total = self.artifacts.bytes.saturating_add(data.len() as u64);
+        let max = self.limits.max_artifact_bytes;
+        let total = self.artifact_bytes.saturating_add(data.len() as u64);
         if total > max {
             return Err(HostError::limit(format!(
                 "writing {} bytes to artifact `{name}` would exceed the limit of {max} bytes written by write-artifact per stage (limits.max_artifact_bytes in the lab file raises it)",
                 data.len()
             )));
         }
-        self.cx
+        let written = self
             .rundir
             .write_artifact(&name, &data)
-            .map_err(|e| self.path_error("job.write-artifact", &name, e))?;
-        self.artifacts.bytes = total;
+            .map_err(HostError::from);
+        self.audited(&funcs::JOB_WRITE_ARTIFACT, &name, written)?;
+        *self.artifact_bytes = total;
         Ok(())
     }
 }
@@ -150,10 +178,49 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::limits::Limits;
+    use crate::capability::{CapabilitySet, Subject};
 
-    fn state(dir: &Path, limits: Limits) -> HostState {
-        crate::host::test_state(dir, "{}", limits, &[])
+    /// The pieces a [`JobView`] borrows.
+    struct Parts {
+        job: JobFile,
+        config: DeviceConfig,
+        rundir: RunDir,
+        limits: Limits,
+        gate: Gate,
+        artifact_bytes: u64,
+    }
+
+    impl Parts {
+        fn new(dir: &Path, limits: Limits) -> Self {
+            Parts {
+                job: JobFile::empty(),
+                config: DeviceConfig::parse(Path::new("default.yaml"), "{}").unwrap(),
+                rundir: RunDir::new(dir),
+                limits,
+                gate: Gate::new(
+                    Subject::default(),
+                    CapabilitySet::new(),
+                    CapabilitySet::new(),
+                    vec![],
+                    "the test",
+                )
+                .with_json_audit(&dir.join("audit.jsonl"))
+                .unwrap(),
+                artifact_bytes: 0,
+            }
+        }
+
+        fn view(&mut self) -> JobView<'_> {
+            JobView {
+                stage: Stage::Provision,
+                job: &self.job,
+                config: &self.config,
+                rundir: &self.rundir,
+                limits: &self.limits,
+                gate: &self.gate,
+                artifact_bytes: &mut self.artifact_bytes,
+            }
+        }
     }
 
     /// A loop of writes cannot fill the disk: the bytes of every call of
@@ -161,13 +228,14 @@ mod tests {
     #[tokio::test]
     async fn artifact_bytes_are_capped_per_stage() {
         let dir = tempfile::tempdir().unwrap();
-        let mut st = state(
+        let mut parts = Parts::new(
             dir.path(),
             Limits {
                 max_artifact_bytes: 10,
                 ..Limits::default()
             },
         );
+        let mut st = parts.view();
         st.write_artifact("a".into(), vec![1; 6]).await.unwrap();
         let err = st.write_artifact("b".into(), vec![1; 6]).await.unwrap_err();
         assert_eq!(err.kind(), "limit");
@@ -184,7 +252,8 @@ mod tests {
     #[tokio::test]
     async fn device_info_is_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut st = state(dir.path(), Limits::default());
+        let mut parts = Parts::new(dir.path(), Limits::default());
+        let mut st = parts.view();
         let value = format!("\"{}\"", "v".repeat(60 * 1024));
         let mut refused = None;
         for i in 0..40 {
@@ -200,5 +269,59 @@ mod tests {
             .unwrap()
             .len();
         assert!(len <= MAX_DEVICE_INFO_FILE as u64);
+    }
+
+    /// A name that tries to leave its folder is `invalid` for the
+    /// connector and one denial in the audit trail; a missing file is
+    /// only `not-found`.
+    #[tokio::test]
+    async fn escapes_are_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut parts = Parts::new(dir.path(), Limits::default());
+        let mut st = parts.view();
+        let err = st
+            .write_artifact("../escape".into(), b"x".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        let err = st
+            .read_attachment("provision".into(), "../../default.yaml".into())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        let err = st
+            .read_attachment("provision".into(), "missing".into())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "not-found");
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(&str, &str, &str, &str)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["call"].as_str().unwrap(),
+                    l["capability"].as_str().unwrap(),
+                    l["target"].as_str().unwrap(),
+                    l["result"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("job.write-artifact", "run-dir", "../escape", "denied"),
+                (
+                    "job.read-attachment",
+                    "run-dir",
+                    "provision/../../default.yaml",
+                    "denied"
+                ),
+            ]
+        );
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
     }
 }

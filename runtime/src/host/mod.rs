@@ -1,12 +1,21 @@
-//! Host side of the `connector` world: one module per WIT interface, all
-//! implemented on [`HostState`], the data of one store (one invocation).
+//! Host side of the `connector` world, the only part of the runtime that
+//! speaks WIT: one module per WIT interface, each implemented on a narrow
+//! view of the store's data that holds only what the interface needs
+//! ([`log::LogBudget`], [`job::JobView`], [`power::PowerView`],
+//! [`serial::SerialView`], [`ssh::SshView`], [`http::HttpView`],
+//! [`transfer::TransferView`]), as wasmtime-wasi does; a view can be built
+//! and called in a test without a store or a component.
 //!
-//! Every host function first asks the capability gate
-//! ([`crate::capability`]) and only then touches the outside world.
+//! Every function that reaches outside goes through one wrapper,
+//! [`outward::Outward::call`] (gate check, deadline cap, span, audit line).
+//! The services it calls (`crate::ssh`, `crate::serial` ...) return their
+//! own errors; each interface module converts them into [`HostError`] once,
+//! and [`wit`] turns that into each WIT version's `error`.
 
 pub mod http;
 pub mod job;
 pub mod log;
+pub mod outward;
 pub mod power;
 pub mod serial;
 pub mod ssh;
@@ -22,7 +31,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::context::StageContext;
-use wit::latest::types::Error as WitError;
+pub use types::HostError;
 
 /// Bytes of guest stderr kept (panic messages end up there). Writes past
 /// it fail, which makes Rust's `eprintln!` panic.
@@ -30,115 +39,6 @@ pub const GUEST_STDERR_CAP: usize = 64 * 1024;
 /// Bytes of guest stderr quoted in a failure message: the end, where a
 /// panic message is.
 const GUEST_STDERR_QUOTE: usize = 2 * 1024;
-
-/// What a host call returns on failure: an error value for the guest, or a
-/// trap that ends the phase (guest misuse, a limit that cannot be
-/// tolerated, a host bug).
-#[derive(Debug)]
-pub enum HostError {
-    /// Returned to the guest as `types.error`.
-    Guest(WitError),
-    /// Ends the phase.
-    Trap(wasmtime::Error),
-}
-
-impl HostError {
-    pub fn denied(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Denied(msg.into()))
-    }
-    pub fn refused(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Refused(msg.into()))
-    }
-    pub fn not_found(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::NotFound(msg.into()))
-    }
-    pub fn timeout(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Timeout(msg.into()))
-    }
-    pub fn failed(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Failed(msg.into()))
-    }
-    pub fn io(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Io(msg.into()))
-    }
-    pub fn invalid(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Invalid(msg.into()))
-    }
-    pub fn limit(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Limit(msg.into()))
-    }
-    pub fn unsupported(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Unsupported(msg.into()))
-    }
-    pub fn other(msg: impl Into<String>) -> Self {
-        HostError::Guest(WitError::Other(msg.into()))
-    }
-    pub fn trap(msg: impl Into<String>) -> Self {
-        HostError::Trap(wasmtime::format_err!("{}", msg.into()))
-    }
-
-    /// Short name of the error kind, for audit lines.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HostError::Guest(e) => match e {
-                WitError::Denied(_) => "denied",
-                WitError::Refused(_) => "refused",
-                WitError::NotFound(_) => "not-found",
-                WitError::Timeout(_) => "timeout",
-                WitError::Failed(_) => "failed",
-                WitError::Io(_) => "io",
-                WitError::Invalid(_) => "invalid",
-                WitError::Limit(_) => "limit",
-                WitError::Unsupported(_) => "unsupported",
-                WitError::Other(_) => "other",
-            },
-            HostError::Trap(_) => "trap",
-        }
-    }
-}
-
-impl std::fmt::Display for HostError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HostError::Guest(e) => write!(f, "{}", wit_error_text(e)),
-            HostError::Trap(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// The message carried by a WIT error.
-pub fn wit_error_text(e: &WitError) -> &str {
-    match e {
-        WitError::Denied(m)
-        | WitError::Refused(m)
-        | WitError::NotFound(m)
-        | WitError::Timeout(m)
-        | WitError::Failed(m)
-        | WitError::Io(m)
-        | WitError::Invalid(m)
-        | WitError::Limit(m)
-        | WitError::Unsupported(m)
-        | WitError::Other(m) => m,
-    }
-}
-
-impl From<WitError> for HostError {
-    fn from(e: WitError) -> Self {
-        HostError::Guest(e)
-    }
-}
-
-impl From<wasmtime::Error> for HostError {
-    fn from(e: wasmtime::Error) -> Self {
-        HostError::Trap(e)
-    }
-}
-
-impl From<wasmtime::component::ResourceTableError> for HostError {
-    fn from(e: wasmtime::component::ResourceTableError) -> Self {
-        HostError::Trap(e.into())
-    }
-}
 
 /// The data of one store: WASI (denying everything), the resource table,
 /// the memory limiter, and the invocation's shared context.
@@ -149,11 +49,11 @@ pub struct HostState {
     pub limits: StoreLimits,
     /// What the invocation knows and the services it shares with the
     /// runtime's native defaults.
-    pub cx: Arc<StageContext>,
-    /// Per-store log accounting.
-    pub log: log::LogState,
-    /// Per-store accounting of `write-artifact` bytes.
-    pub artifacts: job::ArtifactState,
+    cx: Arc<StageContext>,
+    /// Log volume left in this stage.
+    log: log::LogBudget,
+    /// Bytes written by `write-artifact` in this stage.
+    artifact_bytes: u64,
     stderr: MemoryOutputPipe,
 }
 
@@ -181,10 +81,91 @@ impl HostState {
             wasi: builder.build(),
             table: ResourceTable::new(),
             limits,
-            log: log::LogState::default(),
-            artifacts: job::ArtifactState::default(),
+            log: log::LogBudget::new(cx.limits.max_log_bytes, cx.connector.name.clone()),
+            artifact_bytes: 0,
             cx,
             stderr,
+        }
+    }
+
+    fn outward(cx: &StageContext) -> outward::Outward<'_> {
+        outward::Outward::new(&cx.gate, &cx.limits)
+    }
+
+    /// The view `log` is implemented on.
+    pub fn log(&mut self) -> &mut log::LogBudget {
+        &mut self.log
+    }
+
+    /// The view `job` is implemented on.
+    pub fn job(&mut self) -> job::JobView<'_> {
+        let cx = &*self.cx;
+        job::JobView {
+            stage: cx.stage,
+            job: &cx.job,
+            config: &cx.config,
+            rundir: &cx.rundir,
+            limits: &cx.limits,
+            gate: &cx.gate,
+            artifact_bytes: &mut self.artifact_bytes,
+        }
+    }
+
+    /// The view `power` is implemented on.
+    pub fn power(&mut self) -> power::PowerView<'_> {
+        let cx = &*self.cx;
+        power::PowerView {
+            outward: Self::outward(cx),
+            config: &cx.config,
+            http: &cx.http,
+        }
+    }
+
+    /// The view `serial` is implemented on.
+    pub fn serial(&mut self) -> serial::SerialView<'_> {
+        let cx = &*self.cx;
+        serial::SerialView {
+            outward: Self::outward(cx),
+            serial: &cx.serial,
+            max_return_bytes: cx.limits.max_return_bytes,
+            table: &mut self.table,
+        }
+    }
+
+    /// The view `ssh` is implemented on.
+    pub fn ssh(&mut self) -> ssh::SshView<'_> {
+        let cx = &*self.cx;
+        ssh::SshView {
+            outward: Self::outward(cx),
+            pool: &cx.ssh,
+            rundir: &cx.rundir,
+            max_return_bytes: cx.limits.max_return_bytes,
+            table: &mut self.table,
+            log: &mut self.log,
+        }
+    }
+
+    /// The view `http` is implemented on.
+    pub fn http(&mut self) -> http::HttpView<'_> {
+        let cx = &*self.cx;
+        http::HttpView {
+            outward: Self::outward(cx),
+            http: &cx.http,
+            max_return_bytes: cx.limits.max_return_bytes,
+        }
+    }
+
+    /// The view `transfer` is implemented on.
+    pub fn transfer(&mut self) -> transfer::TransferView<'_> {
+        let cx = &*self.cx;
+        transfer::TransferView {
+            outward: Self::outward(cx),
+            transfers: &cx.transfers,
+            io: crate::transfer::Io {
+                http: &cx.http,
+                rundir: &cx.rundir,
+            },
+            table: &mut self.table,
         }
     }
 
@@ -223,11 +204,6 @@ impl HostState {
             (false, false) => format!("; connector stderr: {quoted}"),
         }
     }
-
-    /// The resource table.
-    pub fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
-    }
 }
 
 impl WasiView for HostState {
@@ -237,24 +213,6 @@ impl WasiView for HostState {
             table: &mut self.table,
         }
     }
-}
-
-/// Runs `call` as an outward call of the connector: its outcome and
-/// duration go to the audit trail as `operation` on `target`.
-pub async fn audited<T>(
-    cx: &StageContext,
-    operation: &str,
-    target: &str,
-    call: impl std::future::Future<Output = Result<T, HostError>>,
-) -> Result<T, HostError> {
-    let audit = cx.gate.begin(operation, target);
-    audit.end(call.await)
-}
-
-/// Converts a duration in milliseconds from the guest, refusing absurd
-/// values instead of overflowing.
-pub fn duration_ms(ms: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(ms.min(30 * 24 * 3600 * 1000))
 }
 
 /// Parses an options bag against the names a function understands.
@@ -290,39 +248,4 @@ pub fn bool_option(value: Option<&str>, default: bool, name: &str) -> Result<boo
             "option `{name}` must be `true` or `false`, got `{other}`"
         ))),
     }
-}
-
-/// A host state for unit tests of host functions: run directory `dir`,
-/// device config `config` (YAML), `limits`, and `caps` both declared and
-/// granted.
-#[cfg(test)]
-pub(crate) fn test_state(
-    dir: &std::path::Path,
-    config: &str,
-    limits: crate::limits::Limits,
-    caps: &[(crate::capability::Capability, &str)],
-) -> HostState {
-    use crate::capability::{CapabilitySet, Gate, Subject};
-    let mut set = CapabilitySet::new();
-    for (cap, name) in caps {
-        set.entry(*cap).or_default().insert(name.to_string());
-    }
-    let cx = crate::context::StageContext::new(crate::context::StageSpec {
-        stage: crate::stage::Stage::Provision,
-        provision_type: "test".into(),
-        connector: crate::context::ConnectorInfo {
-            name: "test-connector".into(),
-            version: "1.0.0".into(),
-            digest: String::new(),
-            wit: crate::host::wit::LATEST.into(),
-        },
-        config: crate::config::DeviceConfig::parse(std::path::Path::new("default.yaml"), config)
-            .unwrap(),
-        job: crate::job_file::JobFile::empty(),
-        rundir: crate::rundir::RunDir::new(dir),
-        limits,
-        gate: Gate::new(Subject::default(), set.clone(), set, vec![], "the lab file"),
-    })
-    .unwrap();
-    HostState::new(cx)
 }

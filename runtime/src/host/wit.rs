@@ -3,23 +3,33 @@
 //! bindings a component was built against.
 //!
 //! The latest version ([`latest`], `wit/`) is what the host modules of
-//! [`crate::host`] implement. Every older version keeps its own frozen WIT
-//! (`wit/v<version>/`) and bindings, and forwards each call to the latest
-//! implementation, converting types on the way ([`since_v0_1_0`]), as Zed's
-//! extension host does. So a connector built years ago keeps linking and
-//! behaving as it did, while the host is written once.
+//! [`crate::host`] implement, each on its interface's view. Every older
+//! version keeps its own frozen WIT (`wit/v<version>/`) and bindings, and
+//! forwards each call to the latest implementation on the same view,
+//! converting types on the way ([`since_v0_1_0`]), as Zed's extension host
+//! does. So a connector built years ago keeps linking and behaving as it
+//! did, while the host is written once. Outside `host/`, the runtime sees
+//! only its own types: [`Bindings::call`] returns a [`PhaseOutcome`].
 //!
 //! Adding a version: copy `wit/` to `wit/v<old>/`, bump `wit/`, add a
 //! `since_v<old>` module forwarding the old bindings to the new ones, list
-//! it in [`SERVED`] and [`Bindings`].
+//! it in [`SERVED`], [`Bindings`], [`add_to_linker`] and
+//! `error_conversions!`.
 
 pub mod since_v0_1_0;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker};
 
-use super::HostState;
-use crate::stage::Stage;
+use super::http::{HasHttp, HttpView};
+use super::job::{HasJob, JobView};
+use super::log::LogBudget;
+use super::power::{HasPower, PowerView};
+use super::serial::{HasSerial, SerialView};
+use super::ssh::{HasSsh, SshView};
+use super::transfer::{HasTransfer, TransferView};
+use super::{HostError, HostState};
+use crate::stage::{Failure, PhaseOutcome, Stage};
 
 /// Bindings of the latest WIT version, `wit/` (0.2.0).
 pub mod latest {
@@ -100,13 +110,79 @@ pub fn interface_version(name: &str) -> Option<&str> {
         .map(|rest| rest.split_once('@').map(|(_, v)| v).unwrap_or(""))
 }
 
-/// Adds every served version's imports to `linker` (WASI is added by the
-/// caller).
+/// The [`wasmtime::component::HasData`] of `log` (and of `types`, which
+/// has no functions).
+struct HasLog;
+
+impl wasmtime::component::HasData for HasLog {
+    type Data<'a> = &'a mut LogBudget;
+}
+
+/// Adds every served version's imports to `linker`, each interface on its
+/// view of [`HostState`] (WASI is added by the caller).
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    use wasmtime::component::HasSelf;
-    latest::Connector::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
-    since_v0_1_0::bindings::Connector::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    macro_rules! link {
+        ($($version:ident)::+) => {{
+            use $($version)::+ as v;
+            v::types::add_to_linker::<_, HasLog>(linker, HostState::log)?;
+            v::log::add_to_linker::<_, HasLog>(linker, HostState::log)?;
+            v::job::add_to_linker::<_, HasJob>(linker, HostState::job)?;
+            v::power::add_to_linker::<_, HasPower>(linker, HostState::power)?;
+            v::serial::add_to_linker::<_, HasSerial>(linker, HostState::serial)?;
+            v::ssh::add_to_linker::<_, HasSsh>(linker, HostState::ssh)?;
+            v::http::add_to_linker::<_, HasHttp>(linker, HostState::http)?;
+            v::transfer::add_to_linker::<_, HasTransfer>(linker, HostState::transfer)?;
+        }};
+    }
+    link!(latest);
+    link!(since_v0_1_0::bindings);
     Ok(())
+}
+
+/// Implements both versions' `types.Host` (the conversion of a
+/// [`HostError`] into each version's `error`, or a trap) on every view.
+macro_rules! error_conversions {
+    ($($view:ty),* $(,)?) => {$(
+        impl latest::types::Host for $view {
+            fn convert_error(&mut self, err: HostError) -> wasmtime::Result<latest::types::Error> {
+                err.into_wit()
+            }
+        }
+        impl since_v0_1_0::bindings::types::Host for $view {
+            fn convert_error(
+                &mut self,
+                err: HostError,
+            ) -> wasmtime::Result<since_v0_1_0::bindings::types::Error> {
+                since_v0_1_0::error(err)
+            }
+        }
+    )*};
+}
+
+error_conversions!(
+    LogBudget,
+    JobView<'_>,
+    PowerView<'_>,
+    SerialView<'_>,
+    SshView<'_>,
+    HttpView<'_>,
+    TransferView<'_>,
+);
+
+/// A latest-version phase error in the runtime's terms.
+fn outcome(result: Result<i32, latest::types::PhaseError>) -> PhaseOutcome {
+    use latest::types::PhaseError as E;
+    let failure = |f: latest::types::Failure| Failure {
+        class: f.class,
+        message: f.message,
+        cause: f.cause,
+    };
+    match result {
+        Ok(status) => PhaseOutcome::Done(status),
+        Err(E::Unsupported) => PhaseOutcome::Unsupported,
+        Err(E::Failed(f)) => PhaseOutcome::Failed(failure(f)),
+        Err(E::RecoveryNeeded(f)) => PhaseOutcome::RecoveryNeeded(failure(f)),
+    }
 }
 
 /// A component ready to instantiate, bound with the bindings of the WIT
@@ -171,24 +247,24 @@ impl Bindings {
     }
 
     /// Instantiates the component in `store` and calls the export of
-    /// `stage`; the outcome is in the latest version's terms.
+    /// `stage`; a trap is the error.
     pub async fn call(
         &self,
         store: &mut Store<HostState>,
         stage: Stage,
-    ) -> wasmtime::Result<Result<i32, latest::types::PhaseError>> {
+    ) -> wasmtime::Result<PhaseOutcome> {
         match self {
             Bindings::Latest(pre) => {
                 let bindings = pre.instantiate_async(&mut *store).await?;
                 let phases = bindings.testflinger_connector_phases();
-                Ok(match stage {
+                Ok(outcome(match stage {
                     Stage::Provision => phases.call_provision(store).await?.map(|()| 0),
                     Stage::FirmwareUpdate => phases.call_firmware_update(store).await?.map(|()| 0),
                     Stage::Runtest => phases.call_runtest(store).await?,
                     Stage::Allocate => phases.call_allocate(store).await?.map(|()| 0),
                     Stage::Reserve => phases.call_reserve(store).await?.map(|()| 0),
                     Stage::Cleanup => phases.call_cleanup(store).await?.map(|()| 0),
-                })
+                }))
             }
             Bindings::V0_1(pre) => since_v0_1_0::call(pre, store, stage).await,
         }

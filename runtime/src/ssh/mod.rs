@@ -29,7 +29,6 @@ pub use connection::Connection;
 use target::{Identity, TargetFacts};
 
 use crate::config::{DeviceConfig, RuntimeSettings};
-use crate::host::HostError;
 use crate::job_file::JobFile;
 use crate::limits::Limits;
 
@@ -114,25 +113,6 @@ impl SshError {
                 | SshError::HostKey { .. }
                 | SshError::Limit(_)
         )
-    }
-}
-
-impl From<SshError> for HostError {
-    fn from(e: SshError) -> Self {
-        let text = e.to_string();
-        match e {
-            SshError::UnknownTarget { .. }
-            | SshError::NotConfigured { .. }
-            | SshError::NoIdentity(_)
-            | SshError::RemoteNotFound(_) => HostError::not_found(text),
-            SshError::BadSetup(_) | SshError::Invalid(_) => HostError::invalid(text),
-            SshError::HostKey { .. } => HostError::denied(text),
-            SshError::Auth { .. } => HostError::refused(text),
-            SshError::Timeout(_) | SshError::Unreachable { .. } => HostError::timeout(text),
-            SshError::Connect { .. } | SshError::Io(_) => HostError::io(text),
-            SshError::Limit(_) => HostError::limit(text),
-            SshError::Failed(_) => HostError::failed(text),
-        }
     }
 }
 

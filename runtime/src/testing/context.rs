@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::capability::{Capability, CapabilitySet, Gate, Subject};
 use crate::config::DeviceConfig;
 use crate::context::{ConnectorInfo, StageContext, StageSpec};
+use crate::endpoints::Endpoints;
 use crate::host::HostState;
 use crate::job_file::JobFile;
 use crate::rundir::RunDir;
@@ -21,12 +22,30 @@ pub fn context(
     job_json: &str,
     caps: &[(Capability, &str)],
 ) -> Arc<StageContext> {
+    context_with(dir, config_yaml, job_json, caps, caps, &Endpoints::new())
+}
+
+/// Capability names per family.
+pub fn caps(pairs: &[(Capability, &str)]) -> CapabilitySet {
+    let mut set = CapabilitySet::new();
+    for (cap, name) in pairs {
+        set.entry(*cap).or_default().insert(name.to_string());
+    }
+    set
+}
+
+/// Like [`context`], with what the connector declares and what the lab
+/// grants apart, and the lab file's named endpoints.
+pub fn context_with(
+    dir: &Path,
+    config_yaml: &str,
+    job_json: &str,
+    declared: &[(Capability, &str)],
+    granted: &[(Capability, &str)],
+    lab_endpoints: &Endpoints,
+) -> Arc<StageContext> {
     let config = DeviceConfig::parse(Path::new("default.yaml"), config_yaml).unwrap();
     let job = JobFile::parse(Path::new("testflinger.json"), job_json).unwrap();
-    let mut declared = CapabilitySet::new();
-    for (cap, name) in caps {
-        declared.entry(*cap).or_default().insert(name.to_string());
-    }
     let limits = crate::lab::merge_limits(&[config.runtime.limits.as_ref()]).unwrap();
     StageContext::new(StageSpec {
         stage: Stage::Provision,
@@ -47,11 +66,12 @@ pub fn context(
                 version: "0.0.0".into(),
                 stage: "provision".into(),
             },
-            declared.clone(),
-            declared,
+            caps(declared),
+            caps(granted),
             Vec::new(),
             "the test's lab file",
         ),
+        lab_endpoints: lab_endpoints.clone(),
     })
     .unwrap()
 }

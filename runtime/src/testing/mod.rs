@@ -2,3 +2,4 @@
 
 pub mod context;
 pub mod log;
+mod module_graph;

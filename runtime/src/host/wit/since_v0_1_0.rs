@@ -10,10 +10,15 @@ use wasmtime::Store;
 use wasmtime::component::Resource;
 
 use super::latest as new;
-use crate::host::serial::PortHandle;
-use crate::host::ssh::SessionHandle;
+use crate::host::http::HttpView;
+use crate::host::job::JobView;
+use crate::host::log::LogBudget;
+use crate::host::power::PowerView;
+use crate::host::serial::{PortHandle, SerialView};
+use crate::host::ssh::{SessionHandle, SshView};
+use crate::host::transfer::TransferView;
 use crate::host::{HostError, HostState};
-use crate::stage::Stage;
+use crate::stage::{Failure, PhaseOutcome, Stage};
 
 /// The WIT package version of these bindings.
 pub const VERSION: &str = "0.1.0";
@@ -40,12 +45,12 @@ pub mod bindings {
 use bindings as old;
 
 /// Calls the export of `stage` of a 0.1 component, with its outcome in the
-/// latest version's terms.
+/// runtime's terms.
 pub async fn call(
     pre: &old::ConnectorPre<HostState>,
     store: &mut Store<HostState>,
     stage: Stage,
-) -> wasmtime::Result<Result<i32, new::types::PhaseError>> {
+) -> wasmtime::Result<PhaseOutcome> {
     let instance = pre.instantiate_async(&mut *store).await?;
     let phases = instance.testflinger_connector_phases();
     let result = match stage {
@@ -56,50 +61,49 @@ pub async fn call(
         Stage::Reserve => phases.call_reserve(store).await?.map(|()| 0),
         Stage::Cleanup => phases.call_cleanup(store).await?.map(|()| 0),
     };
-    Ok(result.map_err(|e| phase_error(stage, e)))
+    Ok(match result {
+        Ok(status) => PhaseOutcome::Done(status),
+        Err(e) => phase_error(stage, e),
+    })
 }
 
 /// A 0.1 phase error: no class, so the stage's generic one.
-fn phase_error(stage: Stage, e: old::types::PhaseError) -> new::types::PhaseError {
-    let failure = |message: String, class: &str| new::types::Failure {
+fn phase_error(stage: Stage, e: old::types::PhaseError) -> PhaseOutcome {
+    let failure = |message: String, class: &str| Failure {
         class: class.to_string(),
         message,
         cause: None,
     };
     match e {
         old::types::PhaseError::Failed(m) => {
-            new::types::PhaseError::Failed(failure(m, stage.failure_class()))
+            PhaseOutcome::Failed(failure(m, stage.failure_class()))
         }
         old::types::PhaseError::RecoveryNeeded(m) => {
-            new::types::PhaseError::RecoveryNeeded(failure(m, "RecoveryError"))
+            PhaseOutcome::RecoveryNeeded(failure(m, "RecoveryError"))
         }
-        old::types::PhaseError::Unsupported => new::types::PhaseError::Unsupported,
+        old::types::PhaseError::Unsupported => PhaseOutcome::Unsupported,
     }
 }
 
-impl old::types::Host for HostState {
-    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<old::types::Error> {
-        use new::types::Error as N;
-        use old::types::Error as O;
-        Ok(match err {
-            HostError::Trap(e) => return Err(e),
-            HostError::Guest(e) => match e {
-                // 0.1 reported a refused login as `denied`.
-                N::Denied(m) | N::Refused(m) => O::Denied(m),
-                N::NotFound(m) => O::NotFound(m),
-                N::Timeout(m) => O::Timeout(m),
-                N::Failed(m) => O::Failed(m),
-                N::Io(m) => O::Io(m),
-                N::Invalid(m) => O::Invalid(m),
-                N::Limit(m) => O::Limit(m),
-                N::Unsupported(m) => O::Unsupported(m),
-                N::Other(m) => O::Other(m),
-            },
-        })
-    }
+/// A host error as 0.1's `error` (or the trap).
+pub fn error(err: HostError) -> wasmtime::Result<old::types::Error> {
+    use new::types::Error as N;
+    use old::types::Error as O;
+    Ok(match err.into_wit()? {
+        // 0.1 reported a refused login as `denied`.
+        N::Denied(m) | N::Refused(m) => O::Denied(m),
+        N::NotFound(m) => O::NotFound(m),
+        N::Timeout(m) => O::Timeout(m),
+        N::Failed(m) => O::Failed(m),
+        N::Io(m) => O::Io(m),
+        N::Invalid(m) => O::Invalid(m),
+        N::Limit(m) => O::Limit(m),
+        N::Unsupported(m) => O::Unsupported(m),
+        N::Other(m) => O::Other(m),
+    })
 }
 
-impl old::log::Host for HostState {
+impl old::log::Host for LogBudget {
     async fn log(&mut self, level: old::log::Level, message: String) -> wasmtime::Result<()> {
         let level = match level {
             old::log::Level::Debug => new::log::Level::Debug,
@@ -115,7 +119,7 @@ impl old::log::Host for HostState {
     }
 }
 
-impl old::job::Host for HostState {
+impl old::job::Host for JobView<'_> {
     async fn current_stage(&mut self) -> wasmtime::Result<old::job::Stage> {
         use new::job::Stage as N;
         use old::job::Stage as O;
@@ -154,7 +158,7 @@ impl old::job::Host for HostState {
     }
 }
 
-impl old::power::Host for HostState {
+impl old::power::Host for PowerView<'_> {
     async fn run(&mut self, key: String, opts: old::power::RunOptions) -> Result<(), HostError> {
         let style = match opts.style {
             old::power::ExecStyle::Split => new::power::ExecStyle::Split,
@@ -176,13 +180,13 @@ impl old::power::Host for HostState {
     }
 }
 
-impl old::serial::Host for HostState {
+impl old::serial::Host for SerialView<'_> {
     async fn open(&mut self, name: String) -> Result<Resource<PortHandle>, HostError> {
         new::serial::Host::open(self, name).await
     }
 }
 
-impl old::serial::HostPort for HostState {
+impl old::serial::HostPort for SerialView<'_> {
     async fn wait_for(
         &mut self,
         this: Resource<PortHandle>,
@@ -206,7 +210,7 @@ impl old::serial::HostPort for HostState {
     }
 }
 
-impl old::ssh::Host for HostState {
+impl old::ssh::Host for SshView<'_> {
     async fn connect(
         &mut self,
         target: String,
@@ -225,7 +229,7 @@ impl old::ssh::Host for HostState {
     }
 }
 
-impl old::ssh::HostSession for HostState {
+impl old::ssh::HostSession for SshView<'_> {
     async fn exec(
         &mut self,
         this: Resource<SessionHandle>,
@@ -294,7 +298,7 @@ fn response(r: new::http::Response) -> old::http::Response {
     }
 }
 
-impl old::http::Host for HostState {
+impl old::http::Host for HttpView<'_> {
     async fn call(
         &mut self,
         endpoint: String,
@@ -332,7 +336,7 @@ fn report(r: new::transfer::Report) -> old::transfer::Report {
     }
 }
 
-impl old::transfer::Host for HostState {
+impl old::transfer::Host for TransferView<'_> {
     async fn to_ssh(
         &mut self,
         src: old::transfer::Source,
