@@ -1,11 +1,12 @@
 //! `parse_duration` and `parse_size` on arbitrary text: no panic, and
 //! what they accept is consistent (a plain number of seconds or bytes
-//! means exactly that).
+//! means exactly that); the log-line format of any parsed duration does
+//! not panic either.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tfdc::units::{parse_duration, parse_size};
+use tfdc::units::{human_duration, parse_duration, parse_size};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -18,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
         let n = t.parse::<u64>().ok();
         assert_eq!(d, n.map(std::time::Duration::from_secs));
         assert_eq!(s, n);
+    }
+    if let Some(d) = d {
+        assert!(!human_duration(d).is_empty());
     }
     // Neither takes a sign.
     if t.starts_with(['+', '-']) {

@@ -1,74 +1,14 @@
 //! Durations and sizes as people write them in YAML: `90`, `"90s"`,
-//! `"2h30m"`, `"1d5h"`; `536870912`, `"512MiB"`, `"2G"`.
+//! `"2h30m"`, `"1d5h"`; `536870912`, `"512MiB"`, `"2G"`. The parsing and
+//! the log-line format live in the `tfdc-units` crate, which the connector
+//! SDK shares; this module adds the serde helpers of the runtime's own
+//! settings.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Parses a duration: a number of seconds, or a string of `<n><unit>`
-/// groups with units `d`, `h`, `m`, `s` in that order (as Testflinger's
-/// server accepts for `reserve_data.timeout`), or a plain number string.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    if t.is_empty() {
-        return None;
-    }
-    // Digits only: `u64::from_str` would also take a leading `+`, which
-    // no other form (nor `parse_size`) accepts.
-    if t.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse::<u64>().ok().map(Duration::from_secs);
-    }
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    let mut last_rank = 0;
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let (rank, factor) = match c.to_ascii_lowercase() {
-            'd' => (1, 86_400),
-            'h' => (2, 3_600),
-            'm' => (3, 60),
-            's' => (4, 1),
-            _ => return None,
-        };
-        if number.is_empty() || rank <= last_rank {
-            return None;
-        }
-        last_rank = rank;
-        let n: u64 = number.parse().ok()?;
-        total = total.checked_add(n.checked_mul(factor)?)?;
-        number.clear();
-    }
-    if !number.is_empty() {
-        return None;
-    }
-    Some(Duration::from_secs(total))
-}
-
-/// Parses a size in bytes: a number, or a number with a unit (`K`, `M`,
-/// `G`, `T` are powers of 1000, `KiB`, `MiB`, `GiB`, `TiB` powers of 1024,
-/// `B` bytes), case-insensitive.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "m" | "mb" => 1_000_000,
-        "g" | "gb" => 1_000_000_000,
-        "t" | "tb" => 1_000_000_000_000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(factor)
-}
+pub use tfdc_units::{human_duration, parse_duration, parse_size};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -80,10 +20,10 @@ enum NumOrText {
 /// Serde helper: a duration given as seconds (number) or text.
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match NumOrText::deserialize(d)? {
-        NumOrText::Num(n) if n >= 0.0 && n.is_finite() => Ok(Duration::from_secs_f64(n)),
-        NumOrText::Num(n) => Err(serde::de::Error::custom(format!(
-            "{n} is not a valid duration"
-        ))),
+        // `try_from`: a huge number of seconds (1e300) is an error, not a
+        // panic.
+        NumOrText::Num(n) => Duration::try_from_secs_f64(n)
+            .map_err(|_| serde::de::Error::custom(format!("{n} is not a valid duration"))),
         NumOrText::Text(t) => parse_duration(&t).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "`{t}` is not a duration (examples: 90, \"90s\", \"2h30m\")"
@@ -115,25 +55,27 @@ pub fn de_usize_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error>
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("3600"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2h30m"), Some(Duration::from_secs(9000)));
-        assert_eq!(parse_duration("1d5h"), Some(Duration::from_secs(104_400)));
-        // "+5" was accepted (found by the `units` fuzz target).
-        for bad in ["", "h", "5x", "30m2h", "1h1h", "-5", "5 m", "+5", "+5m"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
+    #[derive(Deserialize)]
+    struct Limits {
+        #[serde(deserialize_with = "de_duration")]
+        d: Duration,
+        #[serde(deserialize_with = "de_size")]
+        s: u64,
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(parse_size("2G"), Some(2_000_000_000));
-        assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("1.5G"), None);
-        assert_eq!(parse_size("9999999999999T"), None);
-        assert_eq!(parse_size("+5"), None);
+    fn serde_helpers_take_numbers_and_text() {
+        let l: Limits = serde_json::from_str(r#"{"d": "2h30m", "s": "512MiB"}"#).unwrap();
+        assert_eq!((l.d, l.s), (Duration::from_secs(9000), 512 << 20));
+        let l: Limits = serde_json::from_str(r#"{"d": 1.5, "s": 100}"#).unwrap();
+        assert_eq!((l.d, l.s), (Duration::from_millis(1500), 100));
+        for bad in [
+            r#"{"d": -1, "s": 1}"#,
+            r#"{"d": "5x", "s": 1}"#,
+            r#"{"d": 1, "s": 1.5}"#,
+            r#"{"d": 1e300, "s": 1}"#,
+        ] {
+            assert!(serde_json::from_str::<Limits>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -328,6 +328,94 @@ impl From<WitError> for PhaseError {
     }
 }
 
+impl PhaseError {
+    /// The outcome of a step and of the clean-up that must follow it
+    /// either way (switching storage back, unmounting), as one: the step's
+    /// failure wins and the clean-up's is appended as `<label>: <message>`.
+    ///
+    /// ```
+    /// use testflinger_connector::PhaseError;
+    /// let work: Result<(), _> = Err(PhaseError::failed("Error creating user files"));
+    /// let cleanup = Err(PhaseError::failed("`sudo umount /mnt/x` exited 32"));
+    /// let e = PhaseError::merge(work, cleanup, "unmounting failed too").unwrap_err();
+    /// assert_eq!(e.message(), "Error creating user files; unmounting failed too: `sudo umount /mnt/x` exited 32");
+    /// ```
+    pub fn merge<T>(work: PhaseResult<T>, cleanup: PhaseResult<()>, label: &str) -> PhaseResult<T> {
+        match (work, cleanup) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(more)) => Err(e.also(format!("{label}: {}", more.message()))),
+        }
+    }
+}
+
+/// Turning a failed step into a failed phase, the way the reference
+/// reports it: its own message (`Failed to boot test image!`) as
+/// `exception_message`, the host error behind it as `exception_cause`.
+///
+/// ```
+/// use testflinger_connector::prelude::*;
+/// let step: testflinger_connector::Result<()> = Err(Error::new(ErrorKind::Timeout, "no answer within 20 min"));
+/// let e = step.clone().or_fail("Failed to boot test image!").unwrap_err();
+/// assert_eq!((e.message(), e.cause()), ("Failed to boot test image!", Some("no answer within 20 min")));
+/// let e = step.clone().or_fail_detailed("Unable to run hdparm").unwrap_err();
+/// assert_eq!(e.message(), "Unable to run hdparm: no answer within 20 min");
+/// assert!(step.or_recover("timeout reaching control host!").unwrap_err().is_recovery());
+/// ```
+pub trait ResultExt<T> {
+    /// `PhaseError::failed(what).caused_by(err)`.
+    fn or_fail(self, what: impl fmt::Display) -> PhaseResult<T>;
+    /// `PhaseError::failed("<what>: <err>").caused_by(err)`, for messages
+    /// that must show the detail themselves.
+    fn or_fail_detailed(self, what: impl fmt::Display) -> PhaseResult<T>;
+    /// `PhaseError::recovery(what).caused_by(err)` (exit 46).
+    fn or_recover(self, what: impl fmt::Display) -> PhaseResult<T>;
+}
+
+/// Mappings that depend on the kind of a host call's [`Error`] (see
+/// [`ResultExt`] for the ones that do not).
+///
+/// ```
+/// use testflinger_connector::prelude::*;
+/// let hung: testflinger_connector::Result<()> = Err(Error::new(ErrorKind::Timeout, "`sleep 600` did not exit"));
+/// let e = hung.or_recover_on_timeout("timeout reaching control host!").unwrap_err();
+/// assert!(e.is_recovery() && e.cause() == Some("`sleep 600` did not exit"));
+/// ```
+pub trait HostResultExt<T> {
+    /// [`PhaseError::recovery_on_timeout`] with the reference's message: a
+    /// timeout needs recovery (`what`, caused by the error), anything else
+    /// is a plain failure with the error's message (how noprovision and
+    /// dragonboard treat their `reboot_script`).
+    fn or_recover_on_timeout(self, what: impl fmt::Display) -> PhaseResult<T>;
+}
+
+impl<T> HostResultExt<T> for Result<T> {
+    fn or_recover_on_timeout(self, what: impl fmt::Display) -> PhaseResult<T> {
+        self.map_err(|e| {
+            if e.is_timeout() {
+                PhaseError::recovery(what).caused_by(e)
+            } else {
+                e.into()
+            }
+        })
+    }
+}
+
+impl<T, E: fmt::Display> ResultExt<T> for core::result::Result<T, E> {
+    fn or_fail(self, what: impl fmt::Display) -> PhaseResult<T> {
+        self.map_err(|e| PhaseError::failed(what).caused_by(e))
+    }
+
+    fn or_fail_detailed(self, what: impl fmt::Display) -> PhaseResult<T> {
+        self.map_err(|e| PhaseError::failed(format!("{what}: {e}")).caused_by(e))
+    }
+
+    fn or_recover(self, what: impl fmt::Display) -> PhaseResult<T> {
+        self.map_err(|e| PhaseError::recovery(what).caused_by(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,17 +14,17 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bindings::testflinger::connector::http as wit;
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
 
 /// A request being built.
 #[derive(Debug, Clone)]
 pub struct Request {
-    method: String,
-    url: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    timeout: Duration,
+    pub(crate) method: String,
+    pub(crate) url: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) timeout: Duration,
 }
 
 impl Request {
@@ -74,19 +74,24 @@ impl Request {
         self
     }
 
-    fn into_wit(self) -> wit::Request {
-        wit::Request {
-            method: self.method,
-            url: self.url,
-            headers: self.headers,
-            body: self.body,
-            timeout: self.timeout.as_millis() as u64,
-        }
+    /// The method.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The URL (a path for [`call`]).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The body.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
     }
 }
 
 /// A response.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// HTTP status code.
     pub status: u16,
@@ -97,6 +102,15 @@ pub struct Response {
 }
 
 impl Response {
+    /// A response with `status` and `body` (for tests and fakes).
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
     /// Whether the status is 2xx.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
@@ -118,20 +132,12 @@ impl Response {
     }
 }
 
-fn from_wit(r: wit::Response) -> Response {
-    Response {
-        status: r.status,
-        headers: r.headers,
-        body: r.body,
-    }
-}
-
 /// Sends `req` to the named endpoint; `req`'s URL is a path.
 pub fn call(endpoint: &str, req: Request) -> Result<Response> {
-    Ok(from_wit(wit::call(endpoint, &req.into_wit(), &[])?))
+    sys::http_call(endpoint, &req)
 }
 
 /// Sends `req` to its absolute URL, which must come from the job.
 pub fn fetch(req: Request) -> Result<Response> {
-    Ok(from_wit(wit::fetch(&req.into_wit(), &[])?))
+    sys::http_fetch(&req)
 }

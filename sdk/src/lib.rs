@@ -20,13 +20,14 @@
 //! power = ["reboot_script"]
 //! ```
 //!
-//! and one type implementing [`Connector`] (this is `connectors/noprovision`,
-//! abridged; the example is not compiled here because `export_connector!`
-//! reads the crate's own `connector.toml`):
+//! and one type implementing [`Connector`], exported with
+//! `export_connector!(Noprovision);` (which embeds that `connector.toml`).
+//! This is `connectors/noprovision`, run here on the native test harness:
 //!
-//! ```ignore
+//! ```
 //! use std::time::Duration;
 //! use testflinger_connector::prelude::*;
+//! use testflinger_connector::testing::{FakeHost, err};
 //!
 //! struct Noprovision;
 //!
@@ -36,17 +37,34 @@
 //!     }
 //!
 //!     fn provision(&mut self) -> PhaseResult<()> {
-//!         if ssh::wait_reachable("device", Duration::from_secs(60)).is_err() {
-//!             power::run("reboot_script").map_err(PhaseError::recovery_on_timeout)?;
-//!             ssh::wait_reachable("device", Duration::from_secs(300))
-//!                 .map_err(|_| PhaseError::failed("Failed to boot test image!"))?;
-//!         }
-//!         Ok(())
+//!         let device_ip = |cfg: &config::Config| cfg.text("device_ip").required("<address>");
+//!         provision::Frame::new().run(device_ip, |_| {
+//!             info!("Booting the test image");
+//!             if ssh::probe("device", ssh::OPENSSH_CONNECT_WAIT).is_ok() {
+//!                 return Ok(());
+//!             }
+//!             power::hardreset().or_recover_on_timeout("timeout reaching control host!")?;
+//!             ssh::wait_reachable("device", Duration::from_secs(360))
+//!                 .or_fail("Failed to boot test image!")
+//!         })
 //!     }
 //! }
 //!
-//! export_connector!(Noprovision);
+//! let host = FakeHost::new()
+//!     .config(serde_json::json!({"device_ip": "10.0.0.5", "reboot_script": ["pdu 4 cycle"]}))
+//!     .connect("device", [err(ErrorKind::Io, "connection refused")])
+//!     .install();
+//! Noprovision::new().provision().unwrap();
+//! assert_eq!(host.trace(), ["ssh connect device", "power reboot_script", "wait-reachable device"]);
 //! ```
+//!
+//! The toolkit: [`provision::Frame`] (the reference's provision order),
+//! [`config`] (typed device-config keys), [`wait`] (bounded waits with
+//! standard lines), [`ResultExt`] and [`PhaseError`] (the reference's
+//! error classes, messages and causes), the host wrappers ([`ssh`],
+//! [`power`], [`transfer`], [`http`], [`serial`], [`job`], [`log`]) and,
+//! on native builds, [`testing::FakeHost`]. The repository's README walks
+//! through a complete example connector (`sdk/examples/acme_board`).
 //!
 //! Stages a connector does not implement return [`PhaseError::unsupported`]
 //! and the runtime runs its native default (the reference behaviour of
@@ -67,25 +85,44 @@ pub mod bindings {
     });
 }
 
+pub mod clock;
+pub mod config;
 mod error;
 pub mod hooks;
 pub mod http;
 pub mod job;
 pub mod log;
 pub mod power;
+pub mod provision;
 pub mod serial;
 pub mod ssh;
+mod sys;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 pub mod transfer;
+pub mod wait;
 
-pub use error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult, Result};
+/// Durations and sizes: parsing as YAML writes them, and the one format of
+/// durations in log lines ([`units::human_duration`]: `250 ms`, `34 s`,
+/// `20 min`), shared with the runtime.
+pub use tfdc_units as units;
+
+pub use error::{
+    Error, ErrorKind, HostResultExt, PhaseError, PhaseKind, PhaseResult, Result, ResultExt,
+};
 
 /// Everything a connector usually needs.
 pub mod prelude {
-    pub use crate::error::{Error, ErrorKind, PhaseError, PhaseKind, PhaseResult};
+    pub use crate::error::{
+        Error, ErrorKind, HostResultExt, PhaseError, PhaseKind, PhaseResult, ResultExt,
+    };
     pub use crate::job::Stage;
+    pub use crate::wait::Check;
     pub use crate::{Connector, export_connector};
+    pub use crate::{
+        clock, config, hooks, http, job, log, power, provision, serial, ssh, transfer, units, wait,
+    };
     pub use crate::{debug, error, info, warn};
-    pub use crate::{hooks, http, job, log, power, serial, ssh, transfer};
 }
 
 /// The WIT package version this SDK builds against.

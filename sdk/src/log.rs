@@ -7,38 +7,38 @@
 //! log::print("raw text for the job's stdout\n");
 //! ```
 
-use crate::bindings::testflinger::connector::log as wit;
+use crate::sys;
 
-pub use wit::Level;
+pub use crate::bindings::testflinger::connector::log::Level;
 
 /// Logs `message` at `level`.
 pub fn log(level: Level, message: &str) {
-    wit::log(level, message);
+    sys::log(level, message);
 }
 
 /// Logs at DEBUG (dropped unless the runtime runs with `--debug`).
 pub fn debug(message: &str) {
-    wit::log(Level::Debug, message);
+    sys::log(Level::Debug, message);
 }
 
 /// Logs at INFO.
 pub fn info(message: &str) {
-    wit::log(Level::Info, message);
+    sys::log(Level::Info, message);
 }
 
 /// Logs at WARNING.
 pub fn warn(message: &str) {
-    wit::log(Level::Warning, message);
+    sys::log(Level::Warning, message);
 }
 
 /// Logs at ERROR.
 pub fn error(message: &str) {
-    wit::log(Level::Error, message);
+    sys::log(Level::Error, message);
 }
 
 /// Writes `text` to the job's stdout as it is.
 pub fn print(text: &str) {
-    wit::print(text);
+    sys::print(text);
 }
 
 /// Logs a formatted line at INFO.

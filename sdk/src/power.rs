@@ -3,16 +3,21 @@
 //! ```no_run
 //! use testflinger_connector::prelude::*;
 //! # fn f() -> PhaseResult<()> {
-//! power::run("reboot_script").map_err(PhaseError::recovery)?;
+//! // The reference's `hardreset()`: `Running <entry>` for each entry of
+//! // reboot_script, then the list, split on whitespace, 120 s per entry.
+//! power::hardreset().map_err(PhaseError::recovery_on_timeout)?;
+//! // Any other list of the device config.
+//! power::run("control_host_reboot_script")?;
 //! # Ok(()) }
 //! ```
 
 use std::time::Duration;
 
-use crate::bindings::testflinger::connector::power as wit;
+use crate::config::Config;
 use crate::error::Result;
+use crate::{log, sys};
 
-pub use wit::ExecStyle;
+pub use crate::bindings::testflinger::connector::power::ExecStyle;
 
 /// Deadline of each entry of `reboot_script` in the reference.
 pub const REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,19 +30,33 @@ pub fn run(key: &str) -> Result<()> {
 
 /// Runs the list `key` with an explicit style and per-entry deadline.
 pub fn run_with(key: &str, style: ExecStyle, timeout_per_entry: Duration) -> Result<()> {
-    Ok(wit::run(
-        key,
-        wit::RunOptions {
-            style,
-            timeout_per_entry: timeout_per_entry.as_millis() as u64,
-        },
-    )?)
+    sys::power_run(key, style, timeout_per_entry)
+}
+
+/// Power cycles the device with `reboot_script`, as every reference
+/// connector's `hardreset()` does: logs `Running <entry>` for each entry,
+/// then runs the list (split on whitespace, no shell, 120 s each, stopping
+/// at the first failure).
+///
+/// Errors: `not-found` (naming the key to add) when the device config has
+/// no `reboot_script`, `timeout` when an entry outlives its deadline,
+/// `failed` when one exits non-zero. How a failure ends the phase differs
+/// per reference connector (§3.1), so it is the caller's to map:
+/// `PhaseError::recovery_on_timeout` for noprovision and dragonboard, a
+/// recovery for any failure for muxpi, cm3 and netboot ...
+pub fn hardreset() -> Result<()> {
+    let entries = Config::load()?
+        .commands("reboot_script")
+        .why("it power cycles the device")
+        .required("[<command that power cycles the device>]")?;
+    // The host runs the whole list; the lines come first, in order.
+    for entry in &entries {
+        log::info(&format!("Running {entry}"));
+    }
+    run("reboot_script")
 }
 
 /// Power cycles the control host (the pre-provision hook's first part).
 pub fn cycle_control_host(manage_dut_power: bool, timeout: Duration) -> Result<()> {
-    Ok(wit::cycle_control_host(
-        manage_dut_power,
-        timeout.as_millis() as u64,
-    )?)
+    sys::cycle_control_host(manage_dut_power, timeout)
 }

@@ -14,17 +14,21 @@
 
 use std::time::Duration;
 
-use crate::bindings::testflinger::connector::ssh as wit;
 use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+use crate::wait::{Check, Wait, WaitError};
 
 /// Deadline of a command when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of a connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long OpenSSH without a `ConnectTimeout` (the reference's `ssh`
+/// commands) waits for a target that does not answer at all: about when
+/// Linux gives up on a TCP connection. A bound for [`probe`].
+pub const OPENSSH_CONNECT_WAIT: Duration = Duration::from_secs(120);
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
+/// Characters of command output quoted in messages ([`Output::detail`]).
+pub const DETAIL_CHARS: usize = 500;
 
 /// What a remote command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,16 +42,58 @@ pub struct Output {
 }
 
 impl Output {
+    /// A command's output (for tests and fakes).
+    pub fn new(status: i32, stdout: &str, stderr: &str) -> Self {
+        Output {
+            status,
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+        }
+    }
+
     /// Whether the command exited with status 0.
     pub fn success(&self) -> bool {
         self.status == 0
+    }
+
+    /// What the command said, for a message: its stderr, else its stdout,
+    /// trimmed and cut to [`DETAIL_CHARS`] characters (`...` marks a cut);
+    /// `no output` when both are empty.
+    ///
+    /// ```
+    /// use testflinger_connector::ssh::Output;
+    /// assert_eq!(Output::new(1, "partial\n", "dd: no space\n").detail(), "dd: no space");
+    /// assert_eq!(Output::new(2, " usage: stm -ts ", "").detail(), "usage: stm -ts");
+    /// assert_eq!(Output::new(1, "", "").detail(), "no output");
+    /// ```
+    pub fn detail(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            self.stdout.trim()
+        } else {
+            self.stderr.trim()
+        };
+        if text.is_empty() {
+            return "no output".to_string();
+        }
+        match text.char_indices().nth(DETAIL_CHARS) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text.to_string(),
+        }
     }
 }
 
 /// An open connection to a target.
 pub struct Session {
-    inner: wit::Session,
+    inner: sys::Session,
     target: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -69,13 +115,7 @@ impl Session {
 
     /// Runs `command` with an explicit deadline and output logging.
     pub fn exec_with(&self, command: &str, timeout: Duration, log_output: bool) -> Result<Output> {
-        let opts = vec![("log-output".to_string(), log_output.to_string())];
-        let r = self.inner.exec(command, ms(timeout), &opts)?;
-        Ok(Output {
-            status: r.status,
-            stdout: r.stdout,
-            stderr: r.stderr,
-        })
+        self.inner.exec(command, timeout, log_output)
     }
 
     /// Runs `command` and fails unless it exits with status 0; the error
@@ -90,18 +130,13 @@ impl Session {
         if out.success() {
             Ok(out)
         } else {
-            let detail = if out.stderr.trim().is_empty() {
-                &out.stdout
-            } else {
-                &out.stderr
-            };
             Err(Error::new(
                 ErrorKind::Failed,
                 format!(
                     "`{command}` on {} exited with status {}: {}",
                     self.target,
                     out.status,
-                    detail.trim()
+                    out.detail()
                 ),
             ))
         }
@@ -109,14 +144,12 @@ impl Session {
 
     /// Creates or replaces `remote_path` with `data` and permission bits `mode`.
     pub fn upload(&self, remote_path: &str, data: &[u8], mode: u32) -> Result<()> {
-        Ok(self
-            .inner
-            .upload(remote_path, data, mode, ms(DEFAULT_TIMEOUT))?)
+        self.inner.upload(remote_path, data, mode, DEFAULT_TIMEOUT)
     }
 
     /// Reads `remote_path`.
     pub fn download(&self, remote_path: &str) -> Result<Vec<u8>> {
-        Ok(self.inner.download(remote_path, ms(DEFAULT_TIMEOUT))?)
+        self.inner.download(remote_path, DEFAULT_TIMEOUT)
     }
 
     /// Copies `remote_path` to `artifacts/<artifact>` on the host.
@@ -126,12 +159,10 @@ impl Session {
         artifact: &str,
         timeout: Duration,
     ) -> Result<u64> {
-        Ok(self
-            .inner
-            .download_artifact(remote_path, artifact, ms(timeout))?)
+        self.inner.download_artifact(remote_path, artifact, timeout)
     }
 
-    pub(crate) fn raw(&self) -> &wit::Session {
+    pub(crate) fn raw(&self) -> &sys::Session {
         &self.inner
     }
 }
@@ -148,25 +179,63 @@ pub fn connect_as(target: &str, user: &str) -> Result<Session> {
 
 /// Connects with an explicit deadline and optional user.
 pub fn connect_with(target: &str, timeout: Duration, user: Option<&str>) -> Result<Session> {
-    let opts: Vec<(String, String)> = user
-        .map(|u| ("user".to_string(), u.to_string()))
-        .into_iter()
-        .collect();
-    let inner = wit::connect(target, ms(timeout), &opts)?;
+    let inner = sys::ssh_connect(target, timeout, user)?;
     Ok(Session {
         inner,
         target: target.to_string(),
     })
 }
 
+/// The reference's `ssh <target> /bin/true` check: one login that runs
+/// `/bin/true`. A target that does not answer at all is tried again (each
+/// attempt is bounded by the host's connect timeout) until `limit`, as
+/// ssh without a timeout keeps waiting; any other failure (a refused
+/// connection or login, a missing grant) is returned at once, with its
+/// kind, as ssh gives up then.
+///
+/// ```
+/// use std::time::Duration;
+/// use testflinger_connector::prelude::*;
+/// use testflinger_connector::testing::{FakeHost, err};
+///
+/// let host = FakeHost::new()
+///     .config(serde_json::json!({"device_ip": "10.0.0.5"}))
+///     .connect("device", [err(ErrorKind::Io, "connection refused")])
+///     .install();
+/// let e = ssh::probe("device", ssh::OPENSSH_CONNECT_WAIT).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Io);
+/// assert_eq!(host.trace(), ["ssh connect device"]);
+/// ```
+pub fn probe(target: &str, limit: Duration) -> Result<()> {
+    Wait::new(format!("an SSH login to {target}"), limit)
+        .every(Duration::from_secs(1))
+        .retry()
+        .until(|| {
+            let ran =
+                connect_with(target, CONNECT_TIMEOUT, None).and_then(|s| s.exec_quiet("/bin/true"));
+            match ran {
+                Ok(out) if out.success() => Check::Ready(()),
+                Ok(out) => Check::Failed(Error::new(
+                    ErrorKind::Failed,
+                    format!("`/bin/true` on {target} exited with status {}", out.status),
+                )),
+                // No answer at all: ssh would still be waiting.
+                Err(e) if e.is_timeout() => Check::NotYet(e),
+                Err(e) => Check::Failed(e),
+            }
+        })
+        .map(drop)
+        .map_err(WaitError::into_reason)
+}
+
 /// Waits until `target` accepts an SSH login, polling; returns as soon as
 /// it does.
 pub fn wait_reachable(target: &str, timeout: Duration) -> Result<()> {
-    Ok(wit::wait_reachable(target, ms(timeout))?)
+    sys::ssh_wait_reachable(target, timeout)
 }
 
 /// Makes sure the agent's key is authorised on `target`, using the job's
 /// password if needed (the reference's `sshpass ... ssh-copy-id`).
 pub fn authorize_key(target: &str, timeout: Duration) -> Result<()> {
-    Ok(wit::authorize_key(target, ms(timeout))?)
+    sys::ssh_authorize_key(target, timeout)
 }

@@ -17,9 +17,9 @@
 
 use std::time::Duration;
 
-use crate::bindings::testflinger::connector::transfer as wit;
 use crate::error::Result;
 use crate::ssh::Session;
+use crate::sys;
 
 /// Where the bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,15 @@ pub enum Source {
     Url(String),
     /// `attachments/provision/<name>`.
     Attachment(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url(u) => write!(f, "url {u}"),
+            Source::Attachment(a) => write!(f, "attachment {a}"),
+        }
+    }
 }
 
 /// What a transfer moved.
@@ -41,38 +50,12 @@ pub struct Report {
     pub elapsed: Duration,
 }
 
-fn source(src: Source) -> wit::Source {
-    match src {
-        Source::Url(u) => wit::Source::Url(u),
-        Source::Attachment(a) => wit::Source::Attachment(a),
-    }
-}
-
-fn report(r: wit::Report) -> Report {
-    Report {
-        bytes: r.bytes,
-        sha256: r.sha256,
-        elapsed: Duration::from_millis(r.elapsed_ms),
-    }
-}
-
 /// Streams `src` into the stdin of `command` run on `session`'s target.
 pub fn to_ssh(src: Source, session: &Session, command: &str, timeout: Duration) -> Result<Report> {
-    Ok(report(wit::to_ssh(
-        &source(src),
-        session.raw(),
-        command,
-        timeout.as_millis() as u64,
-        &[],
-    )?))
+    sys::transfer_to_ssh(&src, session.raw(), command, timeout)
 }
 
 /// Streams `src` into `artifacts/<name>`.
 pub fn to_artifact(src: Source, name: &str, timeout: Duration) -> Result<Report> {
-    Ok(report(wit::to_artifact(
-        &source(src),
-        name,
-        timeout.as_millis() as u64,
-        &[],
-    )?))
+    sys::transfer_to_artifact(&src, name, timeout)
 }

@@ -90,6 +90,14 @@ fn error_message(rd: &RunDir, stage: &str) -> (String, String) {
     )
 }
 
+/// `exception_cause` of the stage's error, if any.
+fn error_cause(rd: &RunDir, stage: &str) -> Option<String> {
+    let err = rd.json("device-connector-error.json");
+    err[format!("{stage}_exception_info")]["exception_cause"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Nothing the CLI printed or left in the run directory holds the key.
 fn assert_secret_absent(lab: &Lab, run: &Run) {
     assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
@@ -304,7 +312,8 @@ fn an_invalid_layout_fails_before_any_maas_change() {
     let run = lab.rd.stage("maas2", "provision");
     assert_eq!(run.code, 1);
     let (name, message) = error_message(&lab.rd, "provision");
-    assert_eq!(name, "ProvisioningError");
+    // The reference's class for storage-layout errors.
+    assert_eq!(name, "MaasStorageError");
     assert!(
         message.contains("provision_data.disks: entry 3 (id `p2`, type partition)"),
         "{message}"
@@ -325,7 +334,8 @@ fn an_invalid_layout_fails_before_any_maas_change() {
     std::fs::remove_file(lab.rd.path().join("device-connector-error.json")).unwrap();
     let run = lab.rd.stage("maas2", "provision");
     assert_eq!(run.code, 1);
-    let (_, message) = error_message(&lab.rd, "provision");
+    let (name, message) = error_message(&lab.rd, "provision");
+    assert_eq!(name, "MaasStorageError");
     assert!(message.contains("entry 1 (id `d0`, type disk): no free physical block device of at least 2000000000000 bytes"), "{message}");
     assert_eq!(lab.maas.lines(), ["GET nodes/abc123/blockdevices/"]);
     assert_eq!(lab.maas.status(), "Deployed");
@@ -368,7 +378,8 @@ fn a_failed_deployment_shows_the_details_and_the_installation_log() {
     let lab = start_lab(builder, "", JOB);
     let run = lab.rd.stage("maas2", "provision");
     assert_eq!(run.code, 1);
-    let (_, message) = error_message(&lab.rd, "provision");
+    let (name, message) = error_message(&lab.rd, "provision");
+    assert_eq!(name, "ProvisioningError");
     assert!(
         message.contains("deployment failure status signal"),
         "{message}"
@@ -577,6 +588,9 @@ fn an_unreachable_maas_is_retried_then_fails() {
         "{message}"
     );
     assert!(message.contains(&url), "{message}");
+    // The host's error behind the last attempt is the cause.
+    let cause = error_cause(&lab.rd, "cleanup").expect("a cause");
+    assert!(cause.contains(&url), "{cause}");
     assert!(lab.maas.calls().is_empty());
 }
 
@@ -592,8 +606,11 @@ fn bad_credentials_are_explained_and_not_retried() {
     );
     let run = lab.rd.stage("maas2", "provision");
     assert_eq!(run.code, 1);
-    let (_, message) = error_message(&lab.rd, "provision");
+    let (name, message) = error_message(&lab.rd, "provision");
+    assert_eq!(name, "ProvisioningError");
     assert!(message.starts_with("MAAS refused the credentials for GET nodes/abc123/blockdevices/ (HTTP 401: Authorization Error: Invalid signature)"), "{message}");
+    // MAAS answered: there is no host error behind it.
+    assert_eq!(error_cause(&lab.rd, "provision"), None);
     assert!(message.contains("check `maas_api_key`"), "{message}");
     assert_eq!(lab.maas.calls().len(), 1);
     assert!(!message.contains("wrongSecret"));

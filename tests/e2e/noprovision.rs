@@ -71,8 +71,18 @@ fn an_unreachable_device_is_power_cycled_and_waited_for() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(dut.power_events(), ["reboot"]);
     assert_eq!(dut.command_lines(), ["/bin/true"]);
+    // The reference's lines: what the failed login said, then each
+    // reboot_script entry as it runs.
     assert!(
-        run.stderr.contains("running reboot_script"),
+        run.stderr.contains("Booting the test image"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "INFO: DEVICE CONNECTOR: Running {}",
+            scripts.reboot.display()
+        )),
         "{}",
         run.stderr
     );
@@ -94,8 +104,10 @@ fn a_hanging_reboot_script_needs_recovery() {
     let err = rd.json("device-connector-error.json");
     let info = &err["provision_exception_info"];
     assert_eq!(info["exception_name"], "RecoveryError");
-    let message = info["exception_message"].as_str().unwrap();
-    assert!(message.contains("sleep 600"), "{message}");
+    // The reference's message; what timed out is the cause.
+    assert_eq!(info["exception_message"], "timeout reaching control host!");
+    let cause = info["exception_cause"].as_str().unwrap();
+    assert!(cause.contains("sleep 600"), "{cause}");
 }
 
 #[test]

@@ -21,25 +21,23 @@ pub fn indented_json(value: &Value) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
+/// What the connector prints before the `provision_data`.
+const INTRO: &str =
+    "fake_connector: nothing is provisioned by this connector.\nThe job's provision_data:";
+
 impl Connector for FakeConnector {
     fn new() -> Self {
         FakeConnector
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        hooks::pre_provision(false)?;
-        let provision_data = job::job()?
-            .get("provision_data")
-            .cloned()
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        info!("BEGIN provision");
-        let rule = "*".repeat(40);
-        log::print(&format!(
-            "{rule}\nfake_connector: nothing is provisioned by this connector.\nThe job's provision_data:\n{}\n{rule}\n",
-            indented_json(&provision_data)
-        ));
-        info!("END provision");
-        Ok(())
+        let data = |_: &_| job::value_or("provision_data", Value::Object(Default::default()));
+        provision::Frame::new().run(data, |data| {
+            let rule = "*".repeat(40);
+            let text = indented_json(&data);
+            log::print(&format!("{rule}\n{INTRO}\n{text}\n{rule}\n"));
+            Ok(())
+        })
     }
 }
 
@@ -47,6 +45,9 @@ export_connector!(FakeConnector);
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+    use testflinger_connector::testing::{FakeHost, response};
+
     use super::*;
 
     #[test]
@@ -56,5 +57,46 @@ mod tests {
             indented_json(&v),
             "{\n    \"url\": \"u\",\n    \"n\": [\n        1\n    ]\n}"
         );
+    }
+
+    #[test]
+    fn provision_prints_the_data_between_the_markers() {
+        let host = FakeHost::new()
+            .job(json!({"provision_data": {"url": "http://i/x"}}))
+            .install();
+        FakeConnector::new().provision().unwrap();
+        assert!(
+            host.stdout().contains("    \"url\": \"http://i/x\"\n"),
+            "{}",
+            host.stdout()
+        );
+        let log = host.log();
+        assert_eq!(
+            log[log.len() - 2..],
+            ["INFO BEGIN provision", "INFO END provision"]
+        );
+        assert!(host.trace().is_empty());
+    }
+
+    #[test]
+    fn a_control_host_gets_the_pre_provision_hook() {
+        let host = FakeHost::new()
+            .config(json!({"control_host": "10.0.0.2"}))
+            .http(
+                "control-host",
+                "POST /api/v1/system/setup/provisioning",
+                [response(200, "")],
+            )
+            .install();
+        FakeConnector::new().provision().unwrap();
+        assert_eq!(
+            host.trace(),
+            [
+                "cycle-control-host",
+                "http control-host POST /api/v1/system/setup/provisioning"
+            ]
+        );
+        assert!(host.logged("INFO Setting up provisioning on control host 10.0.0.2"));
+        assert!(host.stdout().contains("{}"), "{}", host.stdout());
     }
 }

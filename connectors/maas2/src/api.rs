@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testflinger_connector::prelude::*;
+use testflinger_connector::units::human_duration;
 
-use crate::clock;
 use crate::storage::NodeDevice;
 
 /// Path prefix of every call, under `maas_url`.
@@ -27,6 +27,19 @@ pub struct MaasError {
     pub message: String,
     /// Worth another attempt (transport problems, 409 conflicts, 5xx).
     pub retryable: bool,
+    /// The host error behind it (the request did not get an answer).
+    pub cause: Option<String>,
+}
+
+impl MaasError {
+    /// A failure MAAS itself reported, or a bad answer.
+    pub fn answer(message: String, retryable: bool) -> Self {
+        MaasError {
+            message,
+            retryable,
+            cause: None,
+        }
+    }
 }
 
 impl std::fmt::Display for MaasError {
@@ -37,7 +50,11 @@ impl std::fmt::Display for MaasError {
 
 impl From<MaasError> for PhaseError {
     fn from(e: MaasError) -> Self {
-        PhaseError::failed(e.message)
+        let failed = PhaseError::failed(e.message);
+        match e.cause {
+            Some(cause) => failed.caused_by(cause),
+            None => failed,
+        }
     }
 }
 
@@ -56,12 +73,14 @@ impl Reply {
 
     /// The body as JSON.
     pub fn json(&self, what: &str) -> Result<Value, MaasError> {
-        serde_json::from_slice(&self.body).map_err(|e| MaasError {
-            message: format!(
-                "MAAS answered {what} with something that is not JSON ({e}): {}",
-                excerpt(&self.text(), EXCERPT)
-            ),
-            retryable: false,
+        serde_json::from_slice(&self.body).map_err(|e| {
+            MaasError::answer(
+                format!(
+                    "MAAS answered {what} with something that is not JSON ({e}): {}",
+                    excerpt(&self.text(), EXCERPT)
+                ),
+                false,
+            )
         })
     }
 }
@@ -179,6 +198,7 @@ impl Maas {
                 return Err(MaasError {
                     retryable: matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Io),
                     message: format!("{what}: {e}"),
+                    cause: Some(e.to_string()),
                 });
             }
         };
@@ -215,7 +235,7 @@ impl Maas {
             400 => (format!("MAAS rejected {what} (HTTP 400: {quoted})"), false),
             status => (format!("{what} failed with HTTP {status}: {quoted}"), true),
         };
-        Err(MaasError { message, retryable })
+        Err(MaasError::answer(message, retryable))
     }
 
     /// [`Maas::once`] with the reference's retries: up to 1 + 3 attempts,
@@ -230,6 +250,7 @@ impl Maas {
     ) -> Result<Reply, MaasError> {
         let what = describe(method, path, params);
         let mut errors: Vec<String> = Vec::new();
+        let mut cause = None;
         for attempt in 0..=RETRIES {
             match self.once(method, path, params) {
                 Ok(r) => return Ok(r),
@@ -238,18 +259,22 @@ impl Maas {
                         return Err(e);
                     }
                     errors.push(e.message);
+                    cause = e.cause.or(cause);
                     break;
                 }
                 Err(e) => {
                     let reason = excerpt(&e.message, 200);
                     errors.push(e.message);
+                    cause = e.cause.or(cause);
                     if attempt == RETRIES {
                         break;
                     }
+                    // The reference's backoff: a count of attempts, not a
+                    // deadline, so not a `wait::Wait`.
                     let pause = self.retry_base * 2u32.pow(attempt);
                     warn!(
                         "MAAS: {what} failed ({reason}); trying again in {}",
-                        clock::human(pause)
+                        human_duration(pause)
                     );
                     clock::sleep(pause);
                 }
@@ -264,6 +289,7 @@ impl Maas {
         Err(MaasError {
             message: format!("{what} failed {} times: {}", errors.len(), list.join("; ")),
             retryable: false,
+            cause,
         })
     }
 
@@ -309,9 +335,11 @@ impl Maas {
         let value = self
             .call("GET", &format!("nodes/{}/blockdevices/", self.node), &[])?
             .json("block-devices read")?;
-        NodeDevice::list_from_json(&value).map_err(|e| MaasError {
-            message: format!("MAAS's block device list of machine {}: {e}", self.node),
-            retryable: false,
+        NodeDevice::list_from_json(&value).map_err(|e| {
+            MaasError::answer(
+                format!("MAAS's block device list of machine {}: {e}", self.node),
+                false,
+            )
         })
     }
 
@@ -353,14 +381,14 @@ impl Maas {
                 &[("size", &size)],
             )?
             .json("partitions create")?;
-        v.get("id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| MaasError {
-                message: format!(
+        v.get("id").and_then(Value::as_u64).ok_or_else(|| {
+            MaasError::answer(
+                format!(
                     "MAAS created a partition on block device {blk} but did not say its id: {v}"
                 ),
-                retryable: false,
-            })
+                false,
+            )
+        })
     }
 
     /// `partition delete`, tried once.
@@ -428,9 +456,11 @@ impl Maas {
         v.get("version")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| MaasError {
-                message: format!("MAAS's version answer has no `version`: {v}"),
-                retryable: false,
+            .ok_or_else(|| {
+                MaasError::answer(
+                    format!("MAAS's version answer has no `version`: {v}"),
+                    false,
+                )
             })
     }
 }

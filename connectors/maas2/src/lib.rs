@@ -11,7 +11,6 @@
 //! deliberate differences from the reference.
 
 pub mod api;
-pub mod clock;
 pub mod efi;
 pub mod settings;
 pub mod storage;
@@ -19,10 +18,12 @@ pub mod userdata;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use testflinger_connector::prelude::*;
+use testflinger_connector::units::human_duration;
+use testflinger_connector::wait::Wait;
 
 use api::{Maas, MaasError};
 use settings::{Options, Settings};
@@ -51,51 +52,56 @@ impl Connector for Maas2 {
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        hooks::pre_provision(false)?;
-        let node = Node::load()?;
-        info!("BEGIN provision");
-        info!("Provisioning device");
-        // Held until the end of provisioning: the host appends everything
-        // the console prints to provision-serial.log meanwhile.
-        let console = open_console();
-        let result = node.provision();
-        drop(console);
-        if let Err(e) = &result
-            && e.kind() == PhaseKind::Failed
-        {
-            error!("Provisioning failed: {}", e.message());
-        }
-        info!("END provision");
-        result
+        // Unlike the other reference connectors, maas2 logs the failure
+        // and `END provision` after a failed provisioning too.
+        provision::Frame::new()
+            .capture_console()
+            .end_after_failure()
+            .run(
+                |cfg| {
+                    let node = Node::load(cfg)?;
+                    let layouts = node.check()?;
+                    Ok::<_, PhaseError>((node, layouts))
+                },
+                |(node, layouts)| {
+                    info!("Provisioning device");
+                    let result = node.provision(&layouts);
+                    if let Err(e) = &result
+                        && e.kind() == PhaseKind::Failed
+                    {
+                        error!("Provisioning failed: {}", e.message());
+                    }
+                    result
+                },
+            )
     }
 
     fn cleanup(&mut self) -> PhaseResult<()> {
-        Node::load()?.recover()
+        Node::load(&config::Config::load()?)?.recover()
     }
 }
 
 export_connector!(Maas2);
 
-fn open_console() -> Option<serial::Port> {
-    match serial::open("console") {
-        Ok(port) => Some(port),
-        // No serial_host/serial_port for this device: nothing to capture.
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
-        Err(e) => {
-            warn!("The serial console is not captured: {e}");
-            None
-        }
-    }
-}
-
 fn note(message: impl AsRef<str>) {
     info!("MAAS: {}", message.as_ref());
 }
 
+/// A storage-layout failure (the reference's `MaasStorageError`).
 fn storage_failed(e: impl std::fmt::Display) -> PhaseError {
     let message = format!("Unable to configure node storage: {e}");
     error!("MAAS: {message}");
-    PhaseError::failed(message)
+    PhaseError::failed(message).class("MaasStorageError")
+}
+
+/// A MAAS call of the storage configuration that failed: a storage
+/// failure, caused by the host error behind it, if any.
+fn storage_call_failed(what: impl std::fmt::Display, e: MaasError) -> PhaseError {
+    let failed = storage_failed(format!("{what}: {e}"));
+    match e.cause {
+        Some(cause) => failed.caused_by(cause),
+        None => failed,
+    }
 }
 
 /// One deployment request.
@@ -109,6 +115,14 @@ struct Deploy<'a> {
     ephemeral: bool,
 }
 
+/// The storage layouts, checked against the static rules.
+struct Layouts {
+    /// `provision_data.disks`.
+    job: Option<Layout>,
+    /// `default_disks`.
+    default: Option<Layout>,
+}
+
 /// The machine this invocation works on.
 struct Node {
     s: Settings,
@@ -119,9 +133,9 @@ struct Node {
 }
 
 impl Node {
-    fn load() -> PhaseResult<Node> {
-        let s = Settings::from_config(&job::config()?).map_err(PhaseError::failed)?;
-        let o = Options::from_job(&job::job()?).map_err(PhaseError::failed)?;
+    fn load(cfg: &config::Config) -> Result<Node, Error> {
+        let s = Settings::from_config(cfg)?;
+        let o = Options::load()?;
         let api = Maas::new(&s.node_id, o.debug, s.retry_base);
         Ok(Node {
             s,
@@ -147,25 +161,25 @@ impl Node {
         })
     }
 
-    fn provision(&self) -> PhaseResult<()> {
+    /// Checks what can be checked before MAAS or the device is touched:
+    /// `device_ip` and the static rules of the storage layouts.
+    fn check(&self) -> PhaseResult<Layouts> {
         self.device_ip()?;
-        // Everything that can be checked is checked before MAAS or the
-        // device is touched.
-        let job_layout = self
-            .o
-            .disks
-            .as_ref()
-            .map(|d| Layout::parse(d, "provision_data.disks"))
-            .transpose()
-            .map_err(storage_failed)?;
-        let default_layout = self
-            .s
-            .default_disks
-            .as_ref()
-            .map(|d| Layout::parse(d, "default_disks"))
-            .transpose()
-            .map_err(storage_failed)?;
-        let layout = job_layout.as_ref().or(default_layout.as_ref());
+        let parse = |value: Option<&Value>, source: &str| {
+            value
+                .map(|d| Layout::parse(d, source))
+                .transpose()
+                .map_err(storage_failed)
+        };
+        Ok(Layouts {
+            job: parse(self.o.disks.as_ref(), "provision_data.disks")?,
+            default: parse(self.s.default_disks.as_ref(), "default_disks")?,
+        })
+    }
+
+    fn provision(&self, layouts: &Layouts) -> PhaseResult<()> {
+        let default_layout = layouts.default.as_ref();
+        let layout = layouts.job.as_ref().or(default_layout);
         let user_data = self.o.user_data.as_deref().map(|text| {
             let (value, encoded) = userdata::for_maas(text);
             if encoded {
@@ -175,7 +189,7 @@ impl Node {
         });
         note("Reading node's block device information");
         let devices = self.api.block_devices()?;
-        for l in [layout, default_layout.as_ref().filter(|_| self.s.clear_tpm)]
+        for l in [layout, default_layout.filter(|_| self.s.clear_tpm)]
             .into_iter()
             .flatten()
         {
@@ -186,7 +200,7 @@ impl Node {
             if self.s.reset_efi {
                 self.efi_fix();
             }
-            self.clear_tpm(default_layout.as_ref())?;
+            self.clear_tpm(default_layout)?;
         }
         self.deploy(&Deploy {
             distro: self.o.distro.clone(),
@@ -303,14 +317,13 @@ impl Node {
                 ClearStep::Unmount { blk } => self.api.block_device_op(blk, "unmount", &[]),
                 ClearStep::Unformat { blk } => self.api.block_device_op(blk, "unformat", &[]),
             };
-            result.map_err(|e| storage_failed(format!("clearing the current layout: {e}")))?;
+            result.map_err(|e| storage_call_failed("clearing the current layout", e))?;
         }
         note("Applying storage layout");
         let mut partitions: HashMap<String, u64> = HashMap::new();
         let pid = |partitions: &HashMap<String, u64>, entry: &str| -> Result<u64, MaasError> {
-            partitions.get(entry).copied().ok_or_else(|| MaasError {
-                message: format!("partition `{entry}` was not created"),
-                retryable: false,
+            partitions.get(entry).copied().ok_or_else(|| {
+                MaasError::answer(format!("partition `{entry}` was not created"), false)
             })
         };
         for step in &plan.steps {
@@ -362,8 +375,7 @@ impl Node {
                     .block_device_op(*blk, "mount", &[("mount_point", path)])
                     .map(drop),
             };
-            result
-                .map_err(|e| storage_failed(format!("{}: {e}", layout.describe(step.entry()))))?;
+            result.map_err(|e| storage_call_failed(layout.describe(step.entry()), e))?;
         }
         Ok(())
     }
@@ -374,93 +386,95 @@ impl Node {
         let device_ip = self.device_ip()?;
         let timeout = self.s.deploy_timeout;
         let poll = self.s.deploy_poll;
-        let started = Instant::now();
-        let deadline = started + timeout;
-        note(format!(
-            "Waiting up to {} for the deployment (until {}), reading its state every {}",
-            clock::human(timeout),
-            clock::utc_after(timeout),
-            clock::human(poll)
-        ));
+        let started = clock::now();
         let mut last: Option<String> = None;
-        let mut next_progress = started + PROGRESS_EVERY;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            clock::sleep(poll.min(deadline - now));
-            let machine = self.api.machine()?;
-            let status = api::status_name(&machine);
-            let elapsed = clock::human(started.elapsed());
-            if last.as_deref() != Some(status.as_str()) {
-                note(format!(
-                    "Node is {status} ({elapsed} since the deployment started)"
-                ));
-                next_progress = Instant::now() + PROGRESS_EVERY;
-            } else if Instant::now() >= next_progress {
-                note(format!(
-                    "Still {status} after {elapsed}; giving up in {}",
-                    clock::human(deadline.saturating_duration_since(Instant::now()))
-                ));
-                next_progress += PROGRESS_EVERY;
-            }
-            last = Some(status.clone());
-            match status.as_str() {
-                "Failed deployment" => {
-                    error!("MAAS: MAAS reports Failed Deployment");
-                    let detail = machine
-                        .get("status_message")
-                        .and_then(Value::as_str)
-                        .filter(|m| !m.is_empty())
-                        .map(|m| format!(" MAAS says: {m}"))
-                        .unwrap_or_default();
-                    if !detail.is_empty() {
-                        error!("MAAS:{detail}");
-                    }
-                    self.log_install_log();
-                    return Err(PhaseError::failed(format!(
-                        "Provisioning failed because MAAS got unexpected or deployment failure status signal.{detail}"
-                    )));
+        let mut failure: Option<PhaseError> = None;
+        let mut stop = |e: PhaseError| {
+            let reason = Error::new(ErrorKind::Failed, e.message());
+            failure = Some(e);
+            Check::Failed(reason)
+        };
+        let waited = Wait::new("the deployment", timeout)
+            .every(poll)
+            .progress_every(PROGRESS_EVERY)
+            .prefix("MAAS: ")
+            .note(format!(
+                " (until {}), reading its state every {}",
+                clock::utc_after(timeout),
+                human_duration(poll)
+            ))
+            .done("the deployment ended")
+            .until(|| {
+                let machine = match self.api.machine() {
+                    Ok(m) => m,
+                    Err(e) => return stop(e.into()),
+                };
+                let status = api::status_name(&machine);
+                if last.as_deref() != Some(status.as_str()) {
+                    note(format!(
+                        "Node is {status} ({} since the deployment started)",
+                        human_duration(clock::now().saturating_sub(started))
+                    ));
                 }
-                "Deployed" => {
-                    let addresses: Vec<String> = machine
-                        .get("ip_addresses")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if !addresses.iter().any(|a| a == device_ip) {
-                        error!("MAAS: MAAS reports Wrong IP Address");
+                last = Some(status.clone());
+                match status.as_str() {
+                    "Failed deployment" => {
+                        error!("MAAS: MAAS reports Failed Deployment");
+                        let detail = machine
+                            .get("status_message")
+                            .and_then(Value::as_str)
+                            .filter(|m| !m.is_empty())
+                            .map(|m| format!(" MAAS says: {m}"))
+                            .unwrap_or_default();
+                        if !detail.is_empty() {
+                            error!("MAAS:{detail}");
+                        }
                         self.log_install_log();
-                        return Err(PhaseError::failed(format!(
-                            "Provisioning failed because of bad device configuration. Expected device ip {device_ip} was not any of the addresses known to maas: [{}]",
-                            addresses.join(", ")
-                        )));
+                        stop(PhaseError::failed(format!(
+                            "Provisioning failed because MAAS got unexpected or deployment failure status signal.{detail}"
+                        )))
                     }
-                    if self.booted() {
-                        note("Deployed and booted.");
-                        return Ok(());
+                    "Deployed" => {
+                        let addresses: Vec<String> = machine
+                            .get("ip_addresses")
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                            .unwrap_or_default();
+                        if !addresses.iter().any(|a| a == device_ip) {
+                            error!("MAAS: MAAS reports Wrong IP Address");
+                            self.log_install_log();
+                            return stop(PhaseError::failed(format!(
+                                "Provisioning failed because of bad device configuration. Expected device ip {device_ip} was not any of the addresses known to maas: [{}]",
+                                addresses.join(", ")
+                            )));
+                        }
+                        if self.booted() {
+                            note("Deployed and booted.");
+                            Check::Ready(())
+                        } else {
+                            Check::not_yet("deployed; the test image does not answer SSH yet")
+                        }
                     }
+                    _ => Check::not_yet(format!("the node is {status}")),
                 }
-                _ => {}
+            });
+        match waited {
+            Ok(_) => Ok(()),
+            Err(w) if !w.is_timeout() => Err(failure.unwrap_or_else(|| w.into())),
+            Err(_) => {
+                let status = last.unwrap_or_else(|| "(not read)".into());
+                error!(
+                    "MAAS: Device {} still in \"{status}\" state, deployment failed!",
+                    self.agent()
+                );
+                error!("MAAS: {}", api::excerpt(deploy_reply, 2000));
+                self.log_install_log();
+                Err(PhaseError::failed(format!(
+                    "Provisioning failed because deployment timeout. Deploying for more than {} minutes.",
+                    fmt_minutes(timeout)
+                )))
             }
         }
-        let status = last.unwrap_or_else(|| "(not read)".into());
-        error!(
-            "MAAS: Device {} still in \"{status}\" state, deployment failed!",
-            self.agent()
-        );
-        error!("MAAS: {}", api::excerpt(deploy_reply, 2000));
-        self.log_install_log();
-        Err(PhaseError::failed(format!(
-            "Provisioning failed because deployment timeout. Deploying for more than {} minutes.",
-            fmt_minutes(timeout)
-        )))
     }
 
     /// The reference's boot check: `ubuntu@device_ip /bin/true`.
@@ -504,22 +518,30 @@ impl Node {
     /// apart, until it is `Ready`. Returns whether it got there and the
     /// last state.
     fn wait_ready(&self, polls: u32) -> PhaseResult<(bool, String)> {
-        let poll = self.s.release_poll;
-        note(format!(
-            "Waiting up to {} for the node to be Ready",
-            clock::human(poll * polls)
-        ));
         let mut status = String::new();
-        for i in 0..=polls {
-            status = self.api.status()?;
-            if status == "Ready" {
-                return Ok((true, status));
-            }
-            if i < polls {
-                clock::sleep(poll);
-            }
+        let mut failure = None;
+        let waited = Wait::counted("the node to be Ready", polls + 1)
+            .every(self.s.release_poll)
+            .prefix("MAAS: ")
+            .done("the node is Ready")
+            .until(|| match self.api.status() {
+                Ok(s) if s == "Ready" => Check::Ready(()),
+                Ok(s) => {
+                    let reason = format!("the node is {s}");
+                    status = s;
+                    Check::not_yet(reason)
+                }
+                Err(e) => {
+                    let reason = Error::new(ErrorKind::Failed, e.message.clone());
+                    failure = Some(e);
+                    Check::Failed(reason)
+                }
+            });
+        match (waited, failure) {
+            (Ok(_), _) => Ok((true, "Ready".to_string())),
+            (Err(_), Some(e)) => Err(e.into()),
+            (Err(_), None) => Ok((false, status)),
         }
-        Ok((false, status))
     }
 
     /// `release`, escalating to mark-broken/mark-fixed and power-off when
@@ -659,5 +681,166 @@ fn fmt_minutes(d: Duration) -> String {
         format!("{m:.0}")
     } else {
         format!("{}", (m * 1000.0).round() / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    use testflinger_connector::testing::{FakeHost, Installed, err, pattern, response};
+
+    use super::*;
+
+    fn config() -> Value {
+        json!({
+            "agent_name": "maas-1", "node_id": "abc", "device_ip": "10.0.0.7",
+            "maas_url": "http://maas:5240/MAAS",
+        })
+    }
+
+    fn machine(status: &str) -> testflinger_connector::Result<http::Response> {
+        response(
+            200,
+            &json!({"status_name": status, "ip_addresses": ["10.0.0.7"]}).to_string(),
+        )
+    }
+
+    fn host(job: Value) -> FakeHost {
+        FakeHost::new().config(config()).job(job)
+    }
+
+    fn reads(host: &Installed) -> usize {
+        host.trace()
+            .iter()
+            .filter(|c| *c == "http maas GET /api/2.0/machines/abc/")
+            .count()
+    }
+
+    #[test]
+    fn cleanup_releases_and_waits_until_ready() {
+        let host = host(json!({}))
+            .http(
+                "maas",
+                "POST /api/2.0/machines/abc/?op=release",
+                [response(200, "{}")],
+            )
+            .http(
+                "maas",
+                "GET /api/2.0/machines/abc/",
+                [machine("Releasing"), machine("Ready")],
+            )
+            .install();
+        Maas2::new().cleanup().unwrap();
+        assert_eq!(reads(&host), 2);
+        assert!(host.logged("INFO MAAS: Successfully released node maas-1"));
+        assert!(host.logged("INFO MAAS: The node is Ready after 10 s, 2 checks"));
+    }
+
+    #[test]
+    fn a_node_that_never_gets_ready_needs_recovery_after_the_escalation() {
+        let ok = || [response(200, "{}")];
+        let host = host(json!({}))
+            .http("maas", pattern(r"^POST /api/2.0/machines/abc/\?op="), ok())
+            .http("maas", "GET /api/2.0/machines/abc/", [machine("Releasing")])
+            .install();
+        let e = Maas2::new().cleanup().unwrap_err();
+        assert!(e.is_recovery());
+        assert!(e.message().starts_with("Device recovery failed!"), "{e}");
+        // 1 + 30 reads after the release, 1 + 3 after each recovery step,
+        // 10 s apart on the virtual clock.
+        assert_eq!(reads(&host), 31 + 4 + 4);
+        assert_eq!(host.elapsed(), Duration::from_secs(10 * (30 + 3 + 3)));
+        let ops: Vec<String> = host
+            .trace()
+            .into_iter()
+            .filter(|c| c.starts_with("http maas POST"))
+            .collect();
+        assert_eq!(
+            ops,
+            ["release", "mark_broken", "mark_fixed", "power_off"]
+                .map(|op| format!("http maas POST /api/2.0/machines/abc/?op={op}"))
+        );
+    }
+
+    #[test]
+    fn failed_calls_back_off_and_keep_the_host_error_as_their_cause() {
+        let host = host(json!({}))
+            .http(
+                "maas",
+                "POST /api/2.0/machines/abc/?op=release",
+                [err(ErrorKind::Io, "connection refused")],
+            )
+            .install();
+        let e = Maas2::new().cleanup().unwrap_err();
+        assert_eq!(e.kind(), PhaseKind::Failed);
+        assert!(
+            e.message()
+                .starts_with("POST machines/abc/?op=release failed 4 times: [1] "),
+            "{e}"
+        );
+        assert_eq!(e.cause(), Some("connection refused"));
+        // 10, 20 and 40 s between the four attempts.
+        assert_eq!(host.elapsed(), Duration::from_secs(70));
+        assert!(host.logged("WARNING MAAS: POST machines/abc/?op=release failed (POST machines/abc/?op=release: connection refused); trying again in 40 s"));
+    }
+
+    #[test]
+    fn storage_layout_errors_are_maas_storage_errors_found_before_any_change() {
+        let disks = json!([
+            {"id": "d0", "type": "disk"},
+            {"id": "p1", "type": "partition", "device": "d0", "alloc_pct": 60},
+            {"id": "p2", "type": "partition", "device": "d0", "alloc_pct": 50},
+        ]);
+        let host = host(json!({"provision_data": {"disks": disks}})).install();
+        let e = Maas2::new().provision().unwrap_err();
+        assert_eq!(e.class_name(), Some("MaasStorageError"));
+        assert!(e.message().contains("exceeds 100"), "{e}");
+        // Not even the pre-provision hook ran.
+        assert!(host.trace().is_empty(), "{:?}", host.trace());
+        assert!(!host.logged("BEGIN provision"));
+    }
+
+    #[test]
+    fn a_deployment_that_never_ends_times_out_after_timeout_min() {
+        let mut cfg = config();
+        cfg["timeout_min"] = json!(5);
+        let ok = || [response(200, "{}")];
+        let host = FakeHost::new()
+            .config(cfg)
+            .job(json!({"provision_data": {"distro": "noble"}}))
+            .http(
+                "maas",
+                "GET /api/2.0/nodes/abc/blockdevices/",
+                [response(200, "[]")],
+            )
+            .http("maas", pattern("^POST "), ok())
+            .http(
+                "maas",
+                "GET /api/2.0/nodes/abc/results/?type=installation",
+                [response(200, "[]")],
+            )
+            .http(
+                "maas",
+                "GET /api/2.0/machines/abc/",
+                [machine("Ready"), machine("Ready"), machine("Deploying")],
+            )
+            .install();
+        let e = Maas2::new().provision().unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Provisioning failed because deployment timeout. Deploying for more than 5 minutes."
+        );
+        assert!(host.logged("INFO MAAS: Waiting up to 5 min for the deployment (until 2027-01-01 00:05:00 UTC), reading its state every 60 s"));
+        assert!(host.logged("INFO MAAS: Node is Deploying (0 ms since the deployment started)"));
+        assert!(host.logged(
+            "INFO MAAS: Still waiting for the deployment (4 min left): the node is Deploying"
+        ));
+        assert!(
+            host.logged("MAAS: Device maas-1 still in \"Deploying\" state, deployment failed!")
+        );
+        assert!(
+            host.trace()
+                .contains(&"http maas POST /api/2.0/machines/abc/?op=deploy".to_string())
+        );
     }
 }

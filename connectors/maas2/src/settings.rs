@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use testflinger_connector::Result;
+use testflinger_connector::config::Config;
+
+/// The longest any of the `maas_*_seconds` keys may be.
+const MAX_POLL: Duration = Duration::from_secs(86_400);
 
 /// Device-config settings (`default.yaml`; `maas_api_key` is not visible
 /// here: the host keeps it).
@@ -35,82 +40,50 @@ pub struct Settings {
     pub release_poll: Duration,
 }
 
-fn string(c: &Value, key: &str) -> Option<String> {
-    match c.get(key)? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn number(c: &Value, key: &str) -> Result<Option<f64>, String> {
-    let bad = |v: &Value| format!("device config key `{key}` must be a number, found {v}");
-    match c.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v @ Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| bad(v)),
-        Some(v @ Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad(v)),
-        Some(v) => Err(bad(v)),
-    }
-}
-
-fn seconds(c: &Value, key: &str, default: f64) -> Result<Duration, String> {
-    let s = number(c, key)?.unwrap_or(default);
-    if !(0.0..=86_400.0).contains(&s) {
-        return Err(format!(
-            "device config key `{key}` must be between 0 and 86400 seconds, found {s}"
-        ));
-    }
-    Ok(Duration::from_secs_f64(s))
-}
-
-fn flag(c: &Value, key: &str) -> Result<bool, String> {
-    match c.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(format!(
-            "device config key `{key}` must be true or false, found {v}"
-        )),
-    }
-}
-
 impl Settings {
     /// Reads the device config (as the connector sees it).
-    pub fn from_config(c: &Value) -> Result<Settings, String> {
-        if string(c, "maas_url").is_none() {
-            let hint = if string(c, "maas_user").is_some() {
-                " (`maas_user` names a maas CLI profile, which this connector does not use: it talks to the MAAS API directly)"
+    pub fn from_config(c: &Config) -> Result<Settings> {
+        if c.text("maas_url").optional()?.is_none() {
+            let hint = if c.has("maas_user") {
+                "; `maas_user` names a maas CLI profile, which this connector does not use: it talks to the MAAS API directly"
             } else {
                 ""
             };
-            return Err(format!(
-                "device config key `maas_url` is missing: set it to the MAAS URL, like http://maas.example:5240/MAAS, and `maas_api_key` to the API key of the MAAS user{hint}"
+            return Err(c.missing(
+                "maas_url",
+                "http://maas.example:5240/MAAS",
+                &format!("the MAAS region API, with `maas_api_key` set to the API key of the MAAS user{hint}"),
             ));
         }
-        let node_id = string(c, "node_id").ok_or(
-            "device config key `node_id` is missing: set it to the machine's MAAS system id",
-        )?;
-        let minutes = number(c, "timeout_min")?.unwrap_or(60.0);
-        if !(minutes > 0.0 && minutes <= 7.0 * 24.0 * 60.0) {
-            return Err(format!(
-                "device config key `timeout_min` must be a positive number of minutes, found {minutes}"
-            ));
-        }
-        let default_disks = match c.get("default_disks") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(a)) if a.is_empty() => None,
-            Some(v) => Some(v.clone()),
+        let node_id = c
+            .text("node_id")
+            .why("the machine's MAAS system id")
+            .required("<system id>")?;
+        let minutes = c
+            .number("timeout_min")
+            .above(0.0)
+            .at_most(7.0 * 24.0 * 60.0)
+            .or(60.0)?;
+        let default_disks = c
+            .value("default_disks")
+            .optional()?
+            .filter(|v| !v.as_array().is_some_and(Vec::is_empty));
+        let poll = |key: &str, default: u64| {
+            c.duration(key)
+                .at_most(MAX_POLL)
+                .or(Duration::from_secs(default))
         };
         Ok(Settings {
             node_id,
-            agent_name: string(c, "agent_name").unwrap_or_default(),
-            device_ip: string(c, "device_ip"),
+            agent_name: c.text("agent_name").or_default()?,
+            device_ip: c.text("device_ip").optional()?,
             deploy_timeout: Duration::from_secs_f64(minutes * 60.0),
-            reset_efi: flag(c, "reset_efi")?,
-            clear_tpm: flag(c, "clear_tpm")?,
+            reset_efi: c.flag("reset_efi").or(false)?,
+            clear_tpm: c.flag("clear_tpm").or(false)?,
             default_disks,
-            retry_base: seconds(c, "maas_retry_base_seconds", 10.0)?,
-            deploy_poll: seconds(c, "maas_deploy_poll_seconds", 60.0)?,
-            release_poll: seconds(c, "maas_release_poll_seconds", 10.0)?,
+            retry_base: poll("maas_retry_base_seconds", 10)?,
+            deploy_poll: poll("maas_deploy_poll_seconds", 60)?,
+            release_poll: poll("maas_release_poll_seconds", 10)?,
         })
     }
 }
@@ -146,57 +119,41 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Reads the stage's job.
+    pub fn load() -> Result<Options> {
+        Options::from_job(&testflinger_connector::job::job()?)
+    }
+
     /// Reads the job.
-    pub fn from_job(job: &Value) -> Result<Options, String> {
-        let debug = matches!(job.get("debug"), Some(Value::Bool(true)));
-        let pd = match job.get("provision_data") {
-            None | Some(Value::Null) => {
-                return Ok(Options {
-                    debug,
-                    ..Options::default()
-                });
-            }
-            Some(v @ Value::Object(_)) => v,
-            Some(v) => return Err(format!("provision_data must be a mapping, found {v}")),
-        };
-        let text = |key: &str| -> Result<Option<String>, String> {
-            match pd.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(format!("provision_data.{key} must be a string, found {v}")),
-            }
-        };
-        let ephemeral = match pd.get("ephemeral") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                return Err(format!(
-                    "provision_data.ephemeral must be true or false, found {v}"
-                ));
-            }
-        };
+    pub fn from_job(job: &Value) -> Result<Options> {
+        let pd = Config::from_job_json(
+            "provision_data",
+            job.get("provision_data").cloned().unwrap_or(Value::Null),
+        )?;
         Ok(Options {
-            distro: text("distro")?
-                .map(|d| d.trim().to_string())
-                .unwrap_or_else(|| "jammy".into()),
-            kernel: text("kernel")?.map(|k| k.trim().to_string()),
-            user_data: text("user_data")?,
-            disks: pd.get("disks").filter(|v| !v.is_null()).cloned(),
-            ephemeral,
-            debug,
+            distro: pd.text("distro").or("jammy".into())?,
+            kernel: pd.text("kernel").optional()?,
+            user_data: pd.string("user_data").optional()?,
+            disks: pd.value("disks").optional()?,
+            ephemeral: pd.flag("ephemeral").or(false)?,
+            debug: matches!(job.get("debug"), Some(Value::Bool(true))),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
+
+    fn settings(v: Value) -> Result<Settings> {
+        Settings::from_config(&Config::from_device_json(v))
+    }
 
     #[test]
     fn defaults_match_the_reference() {
-        let s = Settings::from_config(&json!({
+        let s = settings(json!({
             "maas_url": "http://m/MAAS", "node_id": "abc", "device_ip": "10.0.0.1"
         }))
         .unwrap();
@@ -210,7 +167,7 @@ mod tests {
 
     #[test]
     fn fast_settings_and_options() {
-        let s = Settings::from_config(&json!({
+        let s = settings(json!({
             "maas_url": "http://m/MAAS", "node_id": "abc", "device_ip": "10.0.0.1",
             "timeout_min": "0.05", "maas_retry_base_seconds": 0.01, "reset_efi": true,
             "default_disks": [],
@@ -235,21 +192,26 @@ mod tests {
         let with = |k: &str, v: Value| {
             let mut c = base.clone();
             c[k] = v;
-            Settings::from_config(&c).unwrap_err()
+            settings(c).unwrap_err().to_string()
         };
         assert!(with("timeout_min", json!(0)).contains("timeout_min"));
         assert!(with("timeout_min", json!("soon")).contains("timeout_min"));
         assert!(with("reset_efi", json!("yes")).contains("reset_efi"));
         assert!(with("maas_deploy_poll_seconds", json!(-1)).contains("maas_deploy_poll_seconds"));
-        let err =
-            Settings::from_config(&json!({"maas_user": "admin", "node_id": "a"})).unwrap_err();
+        let err = settings(json!({"maas_user": "admin", "node_id": "a"}))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("maas_url") && err.contains("maas_user"),
             "{err}"
         );
-        let err = Settings::from_config(&json!({"maas_url": "http://m/MAAS"})).unwrap_err();
+        let err = settings(json!({"maas_url": "http://m/MAAS"}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("node_id"), "{err}");
-        let err = Options::from_job(&json!({"provision_data": {"ephemeral": "yes"}})).unwrap_err();
+        let err = Options::from_job(&json!({"provision_data": {"ephemeral": "yes"}}))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("provision_data.ephemeral"), "{err}");
     }
 }

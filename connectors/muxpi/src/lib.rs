@@ -23,11 +23,12 @@ pub mod shell;
 
 use std::time::Duration;
 
-use serde_json::Value;
 use testflinger_connector::prelude::*;
 use testflinger_connector::ssh::Output;
+use testflinger_connector::units::human_duration;
+use testflinger_connector::wait::Wait;
 
-use control::{Control, Env, GuestEnv, SshLink, detail, is_permanent, secs};
+use control::Control;
 use image::ImageType;
 use settings::{ImageSource, Media, Settings, Switching};
 use shell::quote;
@@ -50,8 +51,6 @@ const BOOT_CHECK_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long partition labels may take to show up after `hdparm -z`
 /// (the reference waits 10 s once).
 const LABELS_WAIT: Duration = Duration::from_secs(10);
-/// Minimum time between progress lines of long waits.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// The connector.
 pub struct Muxpi;
@@ -62,39 +61,17 @@ impl Connector for Muxpi {
     }
 
     fn provision(&mut self) -> PhaseResult<()> {
-        let config = job::config()?;
-        let data: Value = job::provision_data()?;
-        let attachments = job::attachments("provision")?;
-        // A job or config that cannot work fails before anything is touched.
-        let settings =
-            Settings::from_parts(&config, &data, &attachments).map_err(PhaseError::failed)?;
-        hooks::pre_provision(true)?;
-        info!("BEGIN provision");
-        info!("Provisioning device");
-        let _console = open_console();
-        Run::new(settings).provision()?;
-        info!("END provision");
-        Ok(())
+        provision::Frame::new()
+            .manage_dut_power()
+            .capture_console()
+            .run(Settings::load, |s| {
+                info!("Provisioning device");
+                Run::new(s).provision()
+            })
     }
 }
 
 export_connector!(Muxpi);
-
-/// Starts capturing the serial console into `provision-serial.log`, if the
-/// device has one; the capture lasts as long as the port is kept.
-fn open_console() -> Option<serial::Port> {
-    match serial::open("console") {
-        Ok(port) => Some(port),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            debug!("No serial console configured: {e}");
-            None
-        }
-        Err(e) => {
-            warn!("Not capturing the serial console: {e}");
-            None
-        }
-    }
-}
 
 /// A failed step, and whether the storage must stay on the control host
 /// (it may hold a partial image that could not be wiped).
@@ -112,11 +89,6 @@ impl From<PhaseError> for Failure {
     }
 }
 
-/// Appends `more` to a phase error's message.
-fn append(e: PhaseError, more: &str) -> PhaseError {
-    e.also(more)
-}
-
 /// Power-cycles the device with `reboot_script` (the reference's
 /// `hardreset`). Only a failing script needs recovery (exit 46); a missing
 /// one does nothing.
@@ -125,14 +97,14 @@ fn hardreset(s: &Settings) -> PhaseResult<()> {
         info!("reboot_script is not configured: not power cycling the device");
         return Ok(());
     }
-    info!("Running reboot_script");
-    power::run("reboot_script").map_err(|e| {
-        if is_permanent(&e) {
+    power::hardreset().map_err(|e| {
+        if e.is_permanent() {
             PhaseError::failed(e)
         } else {
             PhaseError::recovery(format!(
                 "Cannot power cycle the device with reboot_script: {e}"
             ))
+            .caused_by(e)
         }
     })
 }
@@ -140,17 +112,12 @@ fn hardreset(s: &Settings) -> PhaseResult<()> {
 /// One provision run.
 struct Run {
     s: Settings,
-    ch: Control<SshLink, GuestEnv>,
+    ch: Control,
 }
 
 impl Run {
     fn new(s: Settings) -> Self {
-        let ch = Control::new(
-            SshLink::default(),
-            GuestEnv::default(),
-            s.poll,
-            s.control_retry,
-        );
+        let ch = Control::new(s.poll, s.control_retry);
         Run { s, ch }
     }
 
@@ -167,17 +134,11 @@ impl Run {
         } else {
             self.plug_to_dut()
         };
-        match (work, back) {
-            (Ok(()), Ok(())) => {}
-            (Ok(()), Err(e)) => return Err(e),
-            (Err(f), Ok(())) => return Err(f.error),
-            (Err(f), Err(e)) => {
-                return Err(append(
-                    f.error,
-                    &format!("switching the storage back to the device failed too: {e}"),
-                ));
-            }
-        }
+        PhaseError::merge(
+            work.map_err(|f| f.error),
+            back,
+            "switching the storage back to the device failed too",
+        )?;
         info!("Booting Test Image");
         hardreset(&self.s)?;
         self.boot_check()
@@ -197,10 +158,10 @@ impl Run {
             CONTROL_HOST_SCRIPT_TIMEOUT,
         )
         .map_err(|e| {
-            if is_permanent(&e) {
+            if e.is_permanent() {
                 PhaseError::failed(e)
             } else {
-                PhaseError::failed(format!("fail to reboot control host: {e}"))
+                PhaseError::failed(format!("fail to reboot control host: {e}")).caused_by(e)
             }
         })?;
         info!("Rebooting DUT");
@@ -210,7 +171,7 @@ impl Run {
         let t = self.s.control_host_reboot_timeout;
         self.ch
             .wait_for_reboot(t, t + t + self.s.control_retry)
-            .map_err(|e| PhaseError::failed(format!("Control host did not come back: {e}")))
+            .or_fail_detailed("Control host did not come back")
     }
 
     /// Switches the storage to the control host; returns its block device.
@@ -222,11 +183,9 @@ impl Run {
                 ..
             } => {
                 info!("Switching the storage to the control host ({to_host})");
-                self.ch.run(&to_host, COMMAND_TIMEOUT).map_err(|e| {
-                    PhaseError::failed(format!(
-                        "Cannot switch the storage to the control host: {e}"
-                    ))
-                })?;
+                self.ch
+                    .run(&to_host, COMMAND_TIMEOUT)
+                    .or_fail_detailed("Cannot switch the storage to the control host")?;
                 Ok(test_device)
             }
             Switching::MuxCli { prefix, media } => {
@@ -236,17 +195,18 @@ impl Run {
                 for m in [Media::Sd, Media::Usb] {
                     let cmd = format!("{prefix} {} plug_to_self", m.mux_word());
                     if m == media {
-                        let out = self.ch.run(&cmd, COMMAND_TIMEOUT).map_err(|e| {
-                            PhaseError::failed(format!(
-                                "Cannot switch the {} to the control host: {e}",
+                        let out = self
+                            .ch
+                            .run(&cmd, COMMAND_TIMEOUT)
+                            .or_fail_detailed(format!(
+                                "Cannot switch the {} to the control host",
                                 m.mux_word()
-                            ))
-                        })?;
+                            ))?;
                         device = Some(out.stdout.trim().to_string());
                     } else {
                         match self.ch.query(&cmd, COMMAND_TIMEOUT) {
                             Ok(out) if out.success() => {}
-                            Ok(out) => info!("`{cmd}` failed (ignored): {}", detail(&out)),
+                            Ok(out) => info!("`{cmd}` failed (ignored): {}", out.detail()),
                             Err(e) => warn!("`{cmd}` failed (ignored): {e}"),
                         }
                     }
@@ -273,9 +233,10 @@ impl Run {
             }
         };
         info!("Switching the storage back to the device ({cmd})");
-        self.ch.run(&cmd, COMMAND_TIMEOUT).map(|_| ()).map_err(|e| {
-            PhaseError::failed(format!("Cannot switch the storage back to the device: {e}"))
-        })
+        self.ch
+            .run(&cmd, COMMAND_TIMEOUT)
+            .map(drop)
+            .or_fail_detailed("Cannot switch the storage back to the device")
     }
 
     /// Everything done while the storage is on the control host.
@@ -293,18 +254,15 @@ impl Run {
     fn flash(&mut self, device: &str) -> Result<(), Failure> {
         let dev = quote(device);
         // Nothing of the card may stay mounted while it is overwritten.
+        // The reference ignores this step's errors; an unreachable control
+        // host fails the next step with its own message.
         match self
             .ch
             .query(&format!("sudo umount {dev}*"), UMOUNT_TIMEOUT)
         {
             Ok(out) if out.success() => {}
             Ok(_) => warn!("Device {device} might not be mounted"),
-            Err(e) => {
-                return Err(PhaseError::failed(format!(
-                    "Cannot reach the control host before flashing: {e}"
-                ))
-                .into());
-            }
+            Err(e) => warn!("Cannot unmount {device} on the control host (going on): {e}"),
         }
         let (source, timeout, label) = match &self.s.source {
             ImageSource::Url(url) => (
@@ -319,13 +277,12 @@ impl Run {
             ),
         };
         info!(
-            "Flashing Test image {label} on {device} (deadline {} s)",
-            secs(timeout)
+            "Flashing Test image {label} on {device} (deadline {})",
+            human_duration(timeout)
         );
         let command = format!("zstdcat | sudo dd of={dev} bs=16M");
         let streamed = self
             .ch
-            .link()
             .session()
             .and_then(|session| transfer::to_ssh(source, session, &command, timeout));
         match streamed {
@@ -349,7 +306,8 @@ impl Run {
                 return Err(Failure {
                     error: PhaseError::failed(format!(
                         "Error while piping the test image to {device} through the control host: {e}; {what}"
-                    )),
+                    ))
+                    .caused_by(e),
                     keep_on_host: !wiped,
                 });
             }
@@ -359,9 +317,7 @@ impl Run {
         }
         self.ch
             .run(&format!("sudo hdparm -z {dev}"), HDPARM_TIMEOUT)
-            .map_err(|e| {
-                PhaseError::failed(format!("Unable to run hdparm to rescan partitions: {e}"))
-            })?;
+            .or_fail_detailed("Unable to run hdparm to rescan partitions")?;
         Ok(())
     }
 
@@ -384,10 +340,10 @@ impl Run {
     fn seed(&mut self, device: &str) -> Result<(), Failure> {
         let mounted = self
             .mount(device)
-            .map_err(|e| PhaseError::failed(format!("Error creating user files: {e}")))?;
+            .or_fail_detailed("Error creating user files")?;
         let created = self
             .create_user()
-            .map_err(|e| PhaseError::failed(format!("Error creating user files: {e}")));
+            .or_fail_detailed("Error creating user files");
         let mut unmount_errors = Vec::new();
         for dir in &mounted {
             if let Err(e) = self
@@ -397,37 +353,47 @@ impl Run {
                 unmount_errors.push(e.to_string());
             }
         }
-        match (created, unmount_errors.is_empty()) {
-            (Ok(()), true) => Ok(()),
-            (Ok(()), false) => Err(PhaseError::failed(format!(
+        let unmounted = if unmount_errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PhaseError::failed(format!(
                 "Cannot unmount the image: {}",
                 unmount_errors.join("; ")
-            ))
-            .into()),
-            (Err(e), true) => Err(e.into()),
-            (Err(e), false) => Err(append(
-                e,
-                &format!("unmounting failed too: {}", unmount_errors.join("; ")),
-            )
-            .into()),
-        }
+            )))
+        };
+        Ok(PhaseError::merge(
+            created,
+            unmounted,
+            "unmounting failed too",
+        )?)
     }
 
     /// Mounts every labelled partition of `device` at
     /// `/mnt/<agent_name>/<label>`; returns the mount points that worked.
     fn mount(&mut self, device: &str) -> Result<Vec<String>, Error> {
         let lsblk = format!("lsblk -o NAME,LABEL -J {}", quote(device));
-        let env = GuestEnv::default();
-        let parts = loop {
-            let out = self.ch.run(&lsblk, COMMAND_TIMEOUT)?;
-            let parts = image::labelled_partitions(&out.stdout)
-                .map_err(|e| Error::new(ErrorKind::Failed, e))?;
-            // Labels can take a moment to show up after the rescan.
-            if !parts.is_empty() || env.elapsed() >= LABELS_WAIT {
-                break parts;
+        // Labels can take a moment to show up after the rescan.
+        let found = Wait::new(
+            format!("finding labelled partitions on {device}"),
+            LABELS_WAIT,
+        )
+        .every(self.s.poll)
+        .retry()
+        .until(|| {
+            let parts = self.ch.run(&lsblk, COMMAND_TIMEOUT).and_then(|out| {
+                image::labelled_partitions(&out.stdout)
+                    .map_err(|e| Error::new(ErrorKind::Failed, e))
+            });
+            match parts {
+                Ok(p) if p.is_empty() => Check::not_yet("no valid partitions found"),
+                Ok(p) => Check::Ready(p),
+                Err(e) => Check::Failed(e),
             }
-            info!("No valid partitions found, retrying...");
-            env.sleep(self.s.poll.min(LABELS_WAIT - env.elapsed()));
+        });
+        let parts = match found {
+            Ok(w) => w.value,
+            Err(w) if w.is_timeout() => Vec::new(),
+            Err(w) => return Err(w.into_reason()),
         };
         let root = self.s.mount_root();
         let mut mounted = Vec::new();
@@ -438,7 +404,7 @@ impl Run {
                 .ch
                 .query(&format!("sudo mkdir -p {q}"), COMMAND_TIMEOUT)?;
             if !made.success() {
-                warn!("Cannot create {dir}: {}", detail(&made));
+                warn!("Cannot create {dir}: {}", made.detail());
                 continue;
             }
             let out = self.ch.query(
@@ -448,7 +414,7 @@ impl Run {
             if out.success() {
                 mounted.push(dir);
             } else {
-                warn!("Cannot mount /dev/{name} ({label}): {}", detail(&out));
+                warn!("Cannot mount /dev/{name} ({label}): {}", out.detail());
             }
         }
         Ok(mounted)
@@ -517,7 +483,6 @@ impl Run {
                 }
                 let path = format!("{tmp}/{}", file.name);
                 self.ch
-                    .link()
                     .session()?
                     .upload(&path, file.text.as_bytes(), 0o644)
                     .map_err(|e| e.context(format!("uploading {path} to the control host")))?;
@@ -544,55 +509,37 @@ impl Run {
     /// password if needed).
     fn boot_check(&mut self) -> PhaseResult<()> {
         info!("Checking if test image booted.");
-        let env = GuestEnv::default();
-        let deadline = self.s.boot_timeout;
-        let how = match &self.s.boot_check_url {
-            Some(url) => format!("until {url} answers 200"),
-            None => "until the device accepts an SSH login".to_string(),
+        let url = self.s.boot_check_url.as_deref();
+        let how = match url {
+            Some(url) => format!(" (until {url} answers 200)"),
+            None => " (until the device accepts an SSH login)".to_string(),
         };
-        info!(
-            "Waiting up to {} s for the test image to boot ({how})",
-            secs(deadline)
-        );
-        let mut last_log = Duration::ZERO;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let result = match &self.s.boot_check_url {
-                Some(url) => check_url(url),
-                None => ssh::authorize_key("device", Duration::ZERO),
-            };
-            let e = match result {
-                Ok(()) => {
-                    info!(
-                        "The test image booted ({} s, {attempts} check(s))",
-                        secs(env.elapsed())
-                    );
-                    return Ok(());
+        let deadline = self.s.boot_timeout;
+        Wait::new("the test image to boot", deadline)
+            .every(self.s.poll)
+            .note(how)
+            .done("the test image booted")
+            .until(|| {
+                match url {
+                    Some(url) => check_url(url),
+                    None => ssh::authorize_key("device", Duration::ZERO),
                 }
-                Err(e) if is_permanent(&e) => {
-                    return Err(PhaseError::failed(format!(
-                        "Failed to boot test image! ({e})"
-                    )));
-                }
-                Err(e) => e,
-            };
-            let now = env.elapsed();
-            if now >= deadline {
-                return Err(PhaseError::failed(format!(
-                    "Failed to boot test image! (no answer within {} s, {attempts} check(s); last: {e})",
-                    secs(deadline)
-                )));
-            }
-            if now - last_log >= PROGRESS_EVERY {
-                info!(
-                    "Still waiting for the test image to boot ({} s left): {e}",
-                    secs(deadline - now)
-                );
-                last_log = now;
-            }
-            env.sleep(self.s.poll.min(deadline - now));
-        }
+                .into()
+            })
+            .map(drop)
+            .map_err(|w| {
+                let message = if w.is_timeout() {
+                    format!(
+                        "Failed to boot test image! (no answer within {}, {} check(s); last: {})",
+                        human_duration(deadline),
+                        w.checks(),
+                        w.reason()
+                    )
+                } else {
+                    format!("Failed to boot test image! ({})", w.reason())
+                };
+                PhaseError::failed(message).caused_by(w.into_reason())
+            })
     }
 }
 
@@ -620,6 +567,9 @@ fn url_name(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+    use testflinger_connector::testing::{FakeHost, Installed, err, exit, pattern, response};
+
     use super::*;
 
     #[test]
@@ -627,5 +577,206 @@ mod tests {
         assert_eq!(url_name("http://h:8/a/img.zst?x=1"), "img.zst");
         assert_eq!(url_name("http://h/a/"), "a");
         assert_eq!(url_name("http://h:8"), "http://h:8");
+    }
+
+    fn config() -> Value {
+        json!({
+            "agent_name": "pi-1", "control_host": "10.0.0.2", "device_ip": "10.0.0.3",
+            "test_device": "/dev/sda", "reboot_script": ["pdu 3 cycle"],
+            "muxpi_poll_seconds": 1, "muxpi_control_retry_seconds": 3,
+        })
+    }
+
+    /// A host for a URL image without user creation; `more` adds scripts.
+    fn run(data: Value, more: impl FnOnce(FakeHost) -> FakeHost) -> (Installed, PhaseResult<()>) {
+        let mut pd = json!({"url": "http://images/img.zst", "create_user": false});
+        pd.as_object_mut()
+            .unwrap()
+            .extend(data.as_object().unwrap().clone());
+        let host = more(
+            FakeHost::new()
+                .config(config())
+                .job(json!({"provision_data": pd})),
+        )
+        .install();
+        let result = Muxpi::new().provision();
+        (host, result)
+    }
+
+    const FLASH: [&str; 4] = [
+        "sudo umount /dev/sda*",
+        "zstdcat | sudo dd of=/dev/sda bs=16M",
+        "sync",
+        "sudo hdparm -z /dev/sda",
+    ];
+
+    #[test]
+    fn a_url_image_is_flashed_switched_back_booted_and_checked() {
+        let (host, result) = run(json!({}), |h| h);
+        result.unwrap();
+        let mut want = vec!["stm -ts"];
+        want.extend(FLASH);
+        want.push("stm -dut");
+        assert_eq!(host.commands("control-host"), want);
+        let trace = host.trace();
+        let tail = &trace[trace.len() - 2..];
+        assert_eq!(tail, ["power reboot_script", "authorize-key device"]);
+        assert!(host.logged("INFO Running pdu 3 cycle"));
+        assert!(host.logged("INFO The test image booted after 0 ms, 1 check"));
+    }
+
+    #[test]
+    fn an_unreachable_control_host_at_umount_only_warns() {
+        let (host, result) = run(json!({}), |h| {
+            // The umount never gets through; the host is back afterwards.
+            h.exec(
+                "control-host",
+                "sudo umount /dev/sda*",
+                [err(ErrorKind::Io, "connection reset")],
+            )
+            .reachable(
+                "control-host",
+                [err(ErrorKind::Io, "connection refused"), Ok(())],
+            )
+        });
+        // The reference ignores the step's errors: flashing goes on.
+        result.unwrap();
+        assert!(host.logged(
+            "WARNING Cannot unmount /dev/sda on the control host (going on): `sudo umount /dev/sda*` on the control host failed after"
+        ));
+        assert!(
+            host.commands("control-host")
+                .contains(&FLASH[1].to_string())
+        );
+    }
+
+    #[test]
+    fn a_failed_stream_zeroes_the_card_and_gives_it_back_without_booting() {
+        let (host, result) = run(json!({}), |h| {
+            h.transfers([err(ErrorKind::Failed, "the source ended early (truncated)")])
+        });
+        let e = result.unwrap_err();
+        assert!(e.message().contains("first MiB was zeroed"), "{e}");
+        assert_eq!(e.cause(), Some("the source ended early (truncated)"));
+        assert_eq!(
+            host.commands("control-host")[2..],
+            [
+                FLASH[1],
+                "sudo dd if=/dev/zero of=/dev/sda bs=1M count=1 conv=fsync",
+                "stm -dut"
+            ]
+        );
+        assert!(!host.trace().contains(&"power reboot_script".to_string()));
+        assert!(!host.logged("END provision"));
+    }
+
+    #[test]
+    fn a_card_that_cannot_be_wiped_stays_on_the_control_host() {
+        let (host, result) = run(json!({}), |h| {
+            h.transfers([err(ErrorKind::Failed, "dd: I/O error")]).exec(
+                "control-host",
+                pattern("^sudo dd if=/dev/zero"),
+                [exit(1, "", "dd: I/O error")],
+            )
+        });
+        assert!(
+            result
+                .unwrap_err()
+                .message()
+                .contains("stays switched to the control host")
+        );
+        assert!(
+            !host
+                .commands("control-host")
+                .contains(&"stm -dut".to_string())
+        );
+        assert!(host.logged("Leaving the storage on the control host"));
+    }
+
+    #[test]
+    fn the_boot_check_url_is_polled_in_virtual_time() {
+        let check = "http://$DEVICE_IP:8080/ready";
+        let (host, result) = run(json!({"boot_check_url": check}), |h| {
+            h.fetch(
+                "GET http://10.0.0.3:8080/ready",
+                [response(503, ""), response(503, ""), response(200, "ok")],
+            )
+        });
+        result.unwrap();
+        assert!(host.logged(
+            "INFO Waiting up to 20 min for the test image to boot (until http://10.0.0.3:8080/ready answers 200)"
+        ));
+        assert!(host.logged("INFO The test image booted after 2 s, 3 checks"));
+        assert!(!host.trace().iter().any(|c| c.starts_with("authorize-key")));
+    }
+
+    #[test]
+    fn a_device_that_never_boots_fails_after_the_boot_timeout() {
+        let mut cfg = config();
+        cfg["muxpi_boot_timeout_seconds"] = json!("2m");
+        let (host, result) = run(json!({}), |h| {
+            h.config(cfg)
+                .authorize("device", [err(ErrorKind::Io, "connection refused")])
+        });
+        let e = result.unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Failed to boot test image! (no answer within 2 min, 121 check(s); last: connection refused)"
+        );
+        assert!(host.elapsed() >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_failing_reboot_script_needs_recovery() {
+        let (_host, result) = run(json!({}), |h| {
+            h.power(
+                "reboot_script",
+                [err(ErrorKind::Failed, "`pdu 3 cycle` exited with status 1")],
+            )
+        });
+        let e = result.unwrap_err();
+        assert!(e.is_recovery());
+        assert!(
+            e.message()
+                .starts_with("Cannot power cycle the device with reboot_script"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_job_that_cannot_work_touches_nothing() {
+        let (host, result) = run(json!({"media": "sd"}), |h| h);
+        assert!(
+            result
+                .unwrap_err()
+                .message()
+                .contains("control_switch_local_cmd")
+        );
+        assert!(host.trace().is_empty(), "{:?}", host.trace());
+    }
+
+    #[test]
+    fn the_hook_keeps_the_device_off_and_the_console_is_captured() {
+        let mut cfg = config();
+        cfg["serial_host"] = json!("10.0.0.9");
+        cfg["serial_port"] = json!(2000);
+        let (host, result) = run(json!({}), |h| {
+            h.config(cfg).http(
+                "control-host",
+                "POST /api/v1/system/setup/provisioning",
+                [response(200, "")],
+            )
+        });
+        result.unwrap();
+        let trace = host.trace();
+        assert_eq!(
+            trace[..4],
+            [
+                "cycle-control-host (device off)",
+                "http control-host POST /api/v1/system/setup/provisioning",
+                "serial open console",
+                "ssh connect control-host",
+            ]
+        );
     }
 }

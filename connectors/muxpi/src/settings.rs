@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use testflinger_connector::config::Config;
+use testflinger_connector::{Error, ErrorKind, Result};
 
 use crate::shell;
 
@@ -13,16 +14,18 @@ pub const DEFAULT_LOCAL_CMD: &str = "stm -ts";
 /// Default of `control_switch_device_cmd` (storage to the device).
 pub const DEFAULT_DEVICE_CMD: &str = "stm -dut";
 /// Default of `control_host_reboot_timeout` (reference: 120 s).
-pub const DEFAULT_CONTROL_HOST_REBOOT_TIMEOUT: f64 = 120.0;
+pub const DEFAULT_CONTROL_HOST_REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default pause between readiness checks and retries (`muxpi_poll_seconds`).
 /// The reference sleeps 5 s between control-command retries and 10 s
 /// between boot checks; polling more often uses a ready device earlier.
-pub const DEFAULT_POLL: f64 = 2.0;
+pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
 /// Default window in which a failing control-host command is retried
 /// (`muxpi_control_retry_seconds`; reference: 13 attempts 5 s apart).
-pub const DEFAULT_CONTROL_RETRY: f64 = 60.0;
+pub const DEFAULT_CONTROL_RETRY: Duration = Duration::from_secs(60);
 /// Default boot window (`muxpi_boot_timeout_seconds`; reference: 1200 s).
-pub const DEFAULT_BOOT_TIMEOUT: f64 = 1200.0;
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+/// The longest any of the timing keys may be.
+const MAX_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Where the image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,161 +94,125 @@ pub struct Settings {
     pub boot_timeout: Duration,
 }
 
-/// Reads a string key: `None` when absent, null or empty.
-fn string(map: &Value, key: &str, what: &str) -> Result<Option<String>, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(format!("{what} `{key}` must be a string")),
-    }
-}
-
-/// Reads a list-of-strings key: `None` when absent or null.
-fn string_list(map: &Value, key: &str) -> Result<Option<Vec<String>>, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str().map(str::to_string).ok_or_else(|| {
-                    format!("device config `{key}` must be a list of command strings")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(format!(
-            "device config `{key}` must be a list of command strings"
-        )),
-    }
-}
-
-/// Reads a number of seconds (a number or a numeric string).
-fn seconds(map: &Value, key: &str, default: f64, min: f64) -> Result<Duration, String> {
-    let value = match map.get(key) {
-        None | Some(Value::Null) => default,
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-        Some(Value::String(s)) => s.trim().parse().unwrap_or(f64::NAN),
-        Some(_) => f64::NAN,
-    };
-    if !value.is_finite() || value < min || value > 30.0 * 24.0 * 3600.0 {
-        return Err(format!(
-            "device config `{key}` must be a number of seconds (at least {min})"
-        ));
-    }
-    Ok(Duration::from_secs_f64(value))
+/// A timing key: seconds or a duration, within `[min, 30 days]`.
+fn timing(cfg: &Config, key: &str, default: Duration, min: Duration) -> Result<Duration> {
+    cfg.duration(key)
+        .at_least(min)
+        .at_most(MAX_WAIT)
+        .or(default)
 }
 
 impl Settings {
-    /// Checks `config` (the device config), `data` (`provision_data`) and
+    /// Reads and checks the device config `cfg` and the stage's
+    /// `provision_data` and provision attachments.
+    pub fn load(cfg: &Config) -> Result<Self> {
+        let attachments = testflinger_connector::job::attachments("provision")?;
+        Settings::from_parts(cfg, &Config::job_section("provision_data")?, &attachments)
+    }
+
+    /// Checks `cfg` (the device config), `data` (`provision_data`) and
     /// `attachments` (names under `attachments/provision/`). The message
     /// of an error says what to fix.
-    pub fn from_parts(
-        config: &Value,
-        data: &Value,
-        attachments: &[String],
-    ) -> Result<Self, String> {
-        let data = match data {
-            Value::Null => &Value::Object(Default::default()),
-            Value::Object(_) => data,
-            _ => return Err("provision_data in the job must be a mapping".into()),
-        };
-        let job = "provision_data";
-        let agent_name = string(config, "agent_name", "device config")?.ok_or(
-            "agent_name is not set in the device config; muxpi needs it to name its mount points (/mnt/<agent_name>) and temporary files",
-        )?;
+    pub fn from_parts(cfg: &Config, data: &Config, attachments: &[String]) -> Result<Self> {
+        let invalid = |message: String| Error::new(ErrorKind::Invalid, message);
+        let agent_name = cfg
+            .text("agent_name")
+            .why("muxpi names its mount points /mnt/<agent_name> and temporary files after it")
+            .required("<name of this agent>")?;
         if agent_name.contains('/') || agent_name == "." || agent_name == ".." {
-            return Err(format!(
+            return Err(invalid(format!(
                 "agent_name `{agent_name}` cannot name a folder (/mnt/<agent_name>)"
-            ));
+            )));
         }
-        if string(config, "control_host", "device config")?.is_none() {
-            return Err(
-                "control_host is not set in the device config; muxpi flashes the image through it"
-                    .into(),
-            );
-        }
-        let device_ip = string(config, "device_ip", "device config")?;
+        cfg.text("control_host")
+            .why("muxpi flashes the image through it")
+            .required("<address>")?;
+        let device_ip = cfg.text("device_ip").optional()?;
 
         let source = match (
-            string(data, "url", job)?,
-            string(data, "use_attachment", job)?,
+            data.text("url").optional()?,
+            data.text("use_attachment").optional()?,
         ) {
             (Some(url), _) => ImageSource::Url(url),
             (None, Some(name)) => {
                 if !attachments.contains(&name) {
-                    return Err(format!(
-                        "provision_data.use_attachment names `{name}`, but the job has no such provision attachment{}",
-                        if attachments.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (it has: {})", attachments.join(", "))
-                        }
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "provision_data.use_attachment names `{name}`, but the job has no such provision attachment{}",
+                            if attachments.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (it has: {})", attachments.join(", "))
+                            }
+                        ),
                     ));
                 }
                 ImageSource::Attachment(name)
             }
             (None, None) => {
-                return Err("provision_data must give the image: `url` to download it from, or `use_attachment` to name a provision attachment".into());
-            }
-        };
-
-        let local_cmd = string(config, "control_switch_local_cmd", "device config")?;
-        let mux_cli = shell::uses_mux_cli(local_cmd.as_deref().unwrap_or(""))?;
-        let media = match string(data, "media", job)?.as_deref() {
-            None => None,
-            Some("sd") => Some(Media::Sd),
-            Some("usb") => Some(Media::Usb),
-            Some(other) => {
-                return Err(format!(
-                    "provision_data.media must be \"sd\" or \"usb\", got {other:?}"
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    "provision_data must give the image: `url` to download it from, or `use_attachment` to name a provision attachment",
                 ));
             }
         };
+
+        let local_cmd = cfg.text("control_switch_local_cmd").optional()?;
+        let mux_cli = shell::uses_mux_cli(local_cmd.as_deref().unwrap_or("")).map_err(invalid)?;
+        let media = match data
+            .text("media")
+            .one_of(&["sd", "usb"])
+            .optional()?
+            .as_deref()
+        {
+            Some("sd") => Some(Media::Sd),
+            Some(_) => Some(Media::Usb),
+            None => None,
+        };
         let switching = match media {
             Some(media) => {
-                let prefix = shell::mux_prefix(local_cmd.as_deref().unwrap_or(""))?.ok_or_else(|| {
-                    format!(
+                let prefix = shell::mux_prefix(local_cmd.as_deref().unwrap_or("")).map_err(invalid)?.ok_or_else(|| {
+                    invalid(format!(
                         "provision_data.media is set, so control_switch_local_cmd must name a mux CLI followed by `sdwire` or `typecmux` (for example `sudo muxctl sdwire set TS`); it is {}",
                         local_cmd.as_deref().map_or("not set".to_string(), |c| format!("`{c}`"))
-                    )
+                    ))
                 })?;
                 Switching::MuxCli { prefix, media }
             }
             None => Switching::Commands {
                 to_host: local_cmd.unwrap_or_else(|| DEFAULT_LOCAL_CMD.into()),
-                to_device: string(config, "control_switch_device_cmd", "device config")?
-                    .unwrap_or_else(|| DEFAULT_DEVICE_CMD.into()),
-                test_device: string(config, "test_device", "device config")?.ok_or(
-                    "test_device is not set in the device config: without provision_data.media it names the control host's block device to flash (for example /dev/sda)",
-                )?,
+                to_device: cfg
+                    .text("control_switch_device_cmd")
+                    .or(DEFAULT_DEVICE_CMD.into())?,
+                test_device: cfg
+                    .text("test_device")
+                    .why("without provision_data.media it names the control host's block device to flash")
+                    .required("/dev/sda")?,
             },
         };
 
-        let control_host_reboot_script =
-            string_list(config, "control_host_reboot_script")?.is_some_and(|l| !l.is_empty());
-        let reboot_script = string_list(config, "reboot_script")?.is_some();
-        let post_provision_script =
-            string_list(config, "post_provision_script")?.unwrap_or_default();
-
-        let create_user = match data.get("create_user") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err("provision_data.create_user must be true or false".into()),
-        };
-        let boot_check_url = match string(data, "boot_check_url", job)? {
-            None => None,
+        let control_host_reboot_script = cfg
+            .commands("control_host_reboot_script")
+            .optional()?
+            .is_some_and(|l| !l.is_empty());
+        let reboot_script = cfg.commands("reboot_script").optional()?.is_some();
+        let post_provision_script = cfg.commands("post_provision_script").or_default()?;
+        let create_user = data.flag("create_user").or(true)?;
+        let boot_check_url = match data.text("boot_check_url").optional()? {
             Some(url) if url.contains("$DEVICE_IP") => {
-                let ip = device_ip.as_deref().ok_or(
-                    "provision_data.boot_check_url uses $DEVICE_IP, but device_ip is not set in the device config",
-                )?;
-                Some(url.replace("$DEVICE_IP", ip))
+                let ip = cfg
+                    .text("device_ip")
+                    .why("provision_data.boot_check_url uses $DEVICE_IP")
+                    .required("<address of the device>")?;
+                Some(url.replace("$DEVICE_IP", &ip))
             }
-            Some(url) => Some(url),
+            url => url,
         };
-        if boot_check_url.is_none() && device_ip.is_none() {
-            return Err("device_ip is not set in the device config; muxpi logs in to the device to check that the image booted".into());
+        if boot_check_url.is_none() {
+            cfg.text("device_ip")
+                .why("muxpi logs in to the device to check that the image booted")
+                .required("<address of the device>")?;
         }
 
         Ok(Settings {
@@ -255,28 +222,33 @@ impl Settings {
             switching,
             mux_cli,
             control_host_reboot_script,
-            control_host_reboot_timeout: seconds(
-                config,
+            control_host_reboot_timeout: timing(
+                cfg,
                 "control_host_reboot_timeout",
                 DEFAULT_CONTROL_HOST_REBOOT_TIMEOUT,
-                0.0,
+                Duration::ZERO,
             )?,
             reboot_script,
             post_provision_script,
             create_user,
             boot_check_url,
-            poll: seconds(config, "muxpi_poll_seconds", DEFAULT_POLL, 0.01)?,
-            control_retry: seconds(
-                config,
+            poll: timing(
+                cfg,
+                "muxpi_poll_seconds",
+                DEFAULT_POLL,
+                Duration::from_millis(10),
+            )?,
+            control_retry: timing(
+                cfg,
                 "muxpi_control_retry_seconds",
                 DEFAULT_CONTROL_RETRY,
-                0.0,
+                Duration::ZERO,
             )?,
-            boot_timeout: seconds(
-                config,
+            boot_timeout: timing(
+                cfg,
                 "muxpi_boot_timeout_seconds",
                 DEFAULT_BOOT_TIMEOUT,
-                0.0,
+                Duration::ZERO,
             )?,
         })
     }
@@ -294,15 +266,22 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
-    use serde_json::json;
 
     fn base() -> Value {
         json!({"agent_name": "pi-1", "control_host": "10.0.0.2", "device_ip": "10.0.0.3", "test_device": "/dev/sda"})
     }
 
-    fn parse(config: Value, data: Value) -> Result<Settings, String> {
-        Settings::from_parts(&config, &data, &["img.zst".to_string()])
+    fn parse(config: Value, data: Value) -> core::result::Result<Settings, String> {
+        let data = Config::from_job_json("provision_data", data).map_err(|e| e.to_string())?;
+        Settings::from_parts(
+            &Config::from_device_json(config),
+            &data,
+            &["img.zst".to_string()],
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
