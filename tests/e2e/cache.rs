@@ -181,3 +181,87 @@ fn twenty_concurrent_invocations_across_connectors() {
     }
     assert_eq!(entries(&cache).len(), 2, "one entry per component");
 }
+
+fn kitchen_firmware(rd: &RunDir, cache: &Path) -> crate::common::Run {
+    let kitchen = labsim::fixtures::compat("kitchen_sink_v0_1_0.wasm");
+    let mut cmd = rd.command(&[
+        "--debug",
+        "--connector",
+        kitchen.to_str().unwrap(),
+        "fake_connector",
+        "firmware_update",
+        "-c",
+        "default.yaml",
+        "testflinger.json",
+    ]);
+    cmd.env("TFDC_CACHE_DIR", cache);
+    finish(cmd.output().unwrap())
+}
+
+/// Issue 15 item 1 (a): an entry is bound to its component by a keyed
+/// MAC over the digest, not by its file name. Another component's valid
+/// entry copied over fake_connector's name must be refused and rebuilt,
+/// never run with fake_connector's grants.
+#[test]
+fn another_components_entry_is_refused() {
+    let (rd, cache) = setup();
+    assert_eq!(provision(&rd, &cache).code, 0);
+    let own = entries(&cache).remove(0);
+    assert_eq!(kitchen_firmware(&rd, &cache).code, 46);
+    let other = entries(&cache)
+        .into_iter()
+        .find(|p| *p != own)
+        .expect("the kitchen sink's entry");
+    std::fs::copy(&other, &own).unwrap();
+    let run = provision(&rd, &cache);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains(": compiled"), "{}", run.stderr);
+    assert!(run.stdout.contains("provision_data"), "{}", run.stdout);
+    // A hand-made entry with a recomputed CRC trailer is no better.
+    let mut forged = std::fs::read(&own).unwrap();
+    forged.truncate(forged.len() - 44);
+    let crc = crc32(&forged);
+    forged.extend_from_slice(b"TFDCcw01");
+    forged.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(&own, &forged).unwrap();
+    let run = provision(&rd, &cache);
+    assert!(run.stderr.contains(": compiled"), "{}", run.stderr);
+}
+
+/// Issue 15 item 1 (c): a folder or entry others can write, an entry
+/// reached through a symlink, or a folder owned by someone else is not
+/// trusted on a hit.
+#[test]
+fn exposed_folders_and_symlinked_entries_are_refused() {
+    let (rd, cache) = setup();
+    assert_eq!(provision(&rd, &cache).code, 0);
+    let entry = entries(&cache).remove(0);
+
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = provision(&rd, &cache);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains(": compiled"), "{}", run.stderr);
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let run = provision(&rd, &cache);
+    assert!(run.stderr.contains(": compiled"), "{}", run.stderr);
+
+    // The entry as a symlink to a good copy elsewhere.
+    let aside = rd.path().join("aside.cwasm");
+    assert!(provision(&rd, &cache).stderr.contains("loaded from the compiled-code cache"));
+    std::fs::rename(&entry, &aside).unwrap();
+    std::os::unix::fs::symlink(&aside, &entry).unwrap();
+    let run = provision(&rd, &cache);
+    assert!(run.stderr.contains(": compiled"), "{}", run.stderr);
+
+    // A folder owned by another user (only checkable as root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(provision(&rd, &cache).stderr.contains("loaded from the compiled-code cache"));
+        std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
+        let run = provision(&rd, &cache);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.contains(": compiled"), "{}", run.stderr);
+    }
+}
