@@ -3,8 +3,13 @@
 //! Compiling a component costs ~150 ms; loading its compiled form well
 //! under a millisecond. Entries are keyed by (component digest, engine
 //! fingerprint), so a wasmtime upgrade or a different engine setting simply
-//! misses. Every entry carries a CRC-32 trailer: a truncated or corrupted
-//! file is a miss that gets rebuilt, never a crash and never wrong code.
+//! misses. Every entry carries an HMAC-SHA256 trailer over (component
+//! digest, engine fingerprint, compiled bytes), keyed by a 32-byte secret
+//! kept 0600 beside (not inside) the cache folder: a truncated, corrupted,
+//! forged or another component's entry is a miss that gets rebuilt.
+//! Before anything is read on a hit, the folder and the entry must belong
+//! to the effective user with no group or other access, and the entry is
+//! opened with `O_NOFOLLOW` and checked on the open descriptor.
 //!
 //! Concurrency: entries appear by atomic rename; compiling takes an
 //! exclusive lock on `<entry>.lock`, so concurrent invocations of the same
@@ -13,8 +18,8 @@
 //! used entries are evicted.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -22,9 +27,13 @@ use wasmtime::component::Component;
 
 use crate::engine::{self, LoadPath};
 
-/// Trailer: magic, then the CRC-32 of everything before it.
-const MAGIC: &[u8; 8] = b"TFDCcw01";
-const TRAILER: usize = 12;
+/// Trailer: magic, then the HMAC-SHA256 of (digest, fingerprint, body).
+const MAGIC: &[u8; 8] = b"TFDCcw02";
+const TAG: usize = 32;
+const TRAILER: usize = 8 + TAG;
+const KEY_LEN: usize = 32;
+
+type Mac = hmac::Hmac<sha2::Sha256>;
 
 /// Default size bound of the cache folder.
 pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
@@ -62,12 +71,15 @@ impl CodeCache {
     /// logged at debug level and the component is compiled in memory.
     pub fn load(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<(Component, LoadPath)> {
         let entry = self.entry_path(digest);
-        if let Some(component) = self.try_load(&entry) {
+        let key = match self.prepare_dir().and_then(|()| self.key()) {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::debug!(target: "tfdc::cache", "compiled-code cache {} unusable ({e}); compiling in memory", self.dir.display());
+                return Ok((Component::new(engine::engine(), bytes)?, LoadPath::Compiled));
+            }
+        };
+        if let Some(component) = self.try_load(&entry, &key, digest) {
             return Ok((component, LoadPath::Cached));
-        }
-        if let Err(e) = self.prepare_dir() {
-            tracing::debug!(target: "tfdc::cache", "compiled-code cache {} unusable ({e}); compiling in memory", self.dir.display());
-            return Ok((Component::new(engine::engine(), bytes)?, LoadPath::Compiled));
         }
         // Serialise compilation of this entry between processes.
         let lock = match lock_file(&entry) {
@@ -78,14 +90,14 @@ impl CodeCache {
             }
         };
         if lock.is_some()
-            && let Some(component) = self.try_load(&entry)
+            && let Some(component) = self.try_load(&entry, &key, digest)
         {
             return Ok((component, LoadPath::Cached));
         }
         let compiled = engine::engine().precompile_component(bytes)?;
         // SAFETY: produced just above by this very engine.
         let component = unsafe { Component::deserialize(engine::engine(), &compiled)? };
-        if let Err(e) = write_entry(&entry, &compiled) {
+        if let Err(e) = write_entry(&entry, &compiled, &key, digest) {
             tracing::debug!(target: "tfdc::cache", "cannot write {}: {e}", entry.display());
         }
         drop(lock);
@@ -95,15 +107,25 @@ impl CodeCache {
         Ok((component, LoadPath::Compiled))
     }
 
-    fn try_load(&self, entry: &Path) -> Option<Component> {
-        let data = fs::read(entry).ok()?;
-        let Some(body) = check_trailer(&data) else {
-            tracing::debug!(target: "tfdc::cache", "cache entry {} is corrupt or truncated; recompiling", entry.display());
+    fn try_load(&self, entry: &Path, key: &[u8; KEY_LEN], digest: &str) -> Option<Component> {
+        let data = match read_private(entry) {
+            Ok(data) => data,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!(target: "tfdc::cache", "cache entry {} refused ({e}); recompiling", entry.display());
+                }
+                return None;
+            }
+        };
+        let Some(body) = check_trailer(&data, key, digest) else {
+            tracing::debug!(target: "tfdc::cache", "cache entry {} fails its authenticity check (corrupt, truncated, forged or another component's); recompiling", entry.display());
             return None;
         };
-        // SAFETY: the cache folder is private to the agent user (0700), the
-        // file name carries the engine fingerprint, and the CRC trailer
-        // proves the bytes are exactly what `precompile_component` wrote.
+        // SAFETY: the folder and the entry belong to the effective user with
+        // no group or other access, the entry was opened without following
+        // symlinks, and the HMAC trailer (keyed by a private secret) proves
+        // that this process's user wrote exactly these bytes with
+        // `precompile_component` for this component digest and engine.
         // Anything wasmtime still rejects (another version ...) is a miss.
         match unsafe { Component::deserialize(engine::engine(), body) } {
             Ok(component) => {
@@ -117,16 +139,67 @@ impl CodeCache {
         }
     }
 
+    /// Creates the folder (0700) if missing; an existing folder must be a
+    /// real directory of the effective user with no group or other access.
+    /// An exposed folder is refused rather than repaired: whatever was
+    /// planted while it was open stays untrusted.
     fn prepare_dir(&self) -> io::Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
-        let meta = fs::metadata(&self.dir)?;
-        if meta.permissions().mode() & 0o777 != 0o700 {
-            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        let meta = fs::symlink_metadata(&self.dir)?;
+        if !meta.is_dir() {
+            return Err(io::Error::other("not a directory (symlink?)"));
         }
-        Ok(())
+        check_private(&meta)
+    }
+
+    /// Path of the secret that keys entry MACs: beside the folder, so
+    /// that whoever can write entries cannot read or replace it by that
+    /// alone.
+    pub fn key_path(&self) -> PathBuf {
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tfdc-cache".into());
+        self.dir.with_file_name(format!("{name}.key"))
+    }
+
+    /// The MAC key, created (0600, 32 random bytes) on first use.
+    fn key(&self) -> io::Result<[u8; KEY_LEN]> {
+        let path = self.key_path();
+        match read_private(&path) {
+            Ok(data) => {
+                return data.try_into().map_err(|_| {
+                    io::Error::other(format!("{} is not a {KEY_LEN}-byte key", path.display()))
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::other(format!("key {}: {e}", path.display()))),
+        }
+        let mut key = [0u8; KEY_LEN];
+        File::open("/dev/urandom")?.read_exact(&mut key)?;
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(&key)?;
+                Ok(key)
+            }
+            // Another invocation created it first: use theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let data = read_private(&path)?;
+                data.try_into()
+                    .map_err(|_| io::Error::other("cache key being written; try again"))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes least recently used entries until the folder is within its
@@ -203,21 +276,79 @@ fn touch(path: &Path) {
     }
 }
 
-fn write_entry(entry: &Path, compiled: &[u8]) -> io::Result<()> {
+/// Owner is the effective user, no group or other permission bits.
+fn check_private(meta: &fs::Metadata) -> io::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(io::Error::other(format!(
+            "owned by uid {}, not by this user (uid {euid})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(io::Error::other(format!(
+            "mode {:o} gives group or others access; must be private",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a regular file without following a final symlink, after checking
+/// on the open descriptor that it is private to the effective user.
+fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::other("is a symlink")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    check_private(&meta)?;
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+fn mac(key: &[u8; KEY_LEN], digest: &str, body: &[u8]) -> Mac {
+    use hmac::{KeyInit, Mac as _};
+    let mut mac = <Mac as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    // Length-prefixed so that no (digest, fingerprint) pair can be shifted
+    // into another.
+    for part in [digest.as_bytes(), engine::engine_fingerprint().as_bytes()] {
+        mac.update(&(part.len() as u64).to_le_bytes());
+        mac.update(part);
+    }
+    mac.update(body);
+    mac
+}
+
+fn write_entry(entry: &Path, compiled: &[u8], key: &[u8; KEY_LEN], digest: &str) -> io::Result<()> {
+    use hmac::Mac as _;
     let dir = entry.parent().unwrap_or(Path::new("."));
+    // NamedTempFile is created 0600.
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(compiled);
+    let tag = mac(key, digest, compiled).finalize().into_bytes();
     tmp.write_all(compiled)?;
     tmp.write_all(MAGIC)?;
-    tmp.write_all(&hasher.finalize().to_le_bytes())?;
-    // No fsync: a torn entry after a crash fails its CRC and is rebuilt.
+    tmp.write_all(&tag)?;
+    // No fsync: a torn entry after a crash fails its MAC and is rebuilt.
     tmp.persist(entry).map_err(|e| e.error)?;
     Ok(())
 }
 
-/// The compiled bytes if the trailer is intact.
-fn check_trailer(data: &[u8]) -> Option<&[u8]> {
+/// The compiled bytes if the trailer authenticates them for `digest`.
+fn check_trailer<'a>(data: &'a [u8], key: &[u8; KEY_LEN], digest: &str) -> Option<&'a [u8]> {
+    use hmac::Mac as _;
     if data.len() < TRAILER {
         return None;
     }
@@ -225,8 +356,9 @@ fn check_trailer(data: &[u8]) -> Option<&[u8]> {
     if &trailer[..8] != MAGIC {
         return None;
     }
-    let want = u32::from_le_bytes(trailer[8..].try_into().ok()?);
-    (crc32fast::hash(body) == want).then_some(body)
+    // verify_slice compares in constant time.
+    mac(key, digest, body).verify_slice(&trailer[8..]).ok()?;
+    Some(body)
 }
 
 /// The cache folder to use: `$TFDC_CACHE_DIR`, else
@@ -248,17 +380,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trailer_detects_truncation_and_flips() {
+    fn trailer_detects_truncation_flips_other_digests_and_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.cwasm");
-        write_entry(&p, b"compiled code").unwrap();
+        let key = [7u8; KEY_LEN];
+        write_entry(&p, b"compiled code", &key, "sha256:aa").unwrap();
         let data = fs::read(&p).unwrap();
-        assert_eq!(check_trailer(&data), Some(&b"compiled code"[..]));
-        assert_eq!(check_trailer(&data[..data.len() - 1]), None);
+        assert_eq!(
+            check_trailer(&data, &key, "sha256:aa"),
+            Some(&b"compiled code"[..])
+        );
+        assert_eq!(
+            check_trailer(&data[..data.len() - 1], &key, "sha256:aa"),
+            None
+        );
         let mut flipped = data.clone();
         flipped[3] ^= 1;
-        assert_eq!(check_trailer(&flipped), None);
-        assert_eq!(check_trailer(b"short"), None);
+        assert_eq!(check_trailer(&flipped, &key, "sha256:aa"), None);
+        assert_eq!(check_trailer(b"short", &key, "sha256:aa"), None);
+        assert_eq!(
+            check_trailer(&data, &key, "sha256:bb"),
+            None,
+            "bound to the digest"
+        );
+        assert_eq!(
+            check_trailer(&data, &[8u8; KEY_LEN], "sha256:aa"),
+            None,
+            "keyed"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The compiled-code cache through the CLI: first run compiles, later runs
-//! load; corrupt, truncated and foreign entries are misses that get
+//! load; corrupt, truncated, forged and foreign entries are misses that get
 //! rebuilt; the folder is private; concurrent invocations are safe.
 
 use std::os::unix::fs::PermissionsExt;
@@ -249,7 +249,11 @@ fn exposed_folders_and_symlinked_entries_are_refused() {
 
     // The entry as a symlink to a good copy elsewhere.
     let aside = rd.path().join("aside.cwasm");
-    assert!(provision(&rd, &cache).stderr.contains("loaded from the compiled-code cache"));
+    assert!(
+        provision(&rd, &cache)
+            .stderr
+            .contains("loaded from the compiled-code cache")
+    );
     std::fs::rename(&entry, &aside).unwrap();
     std::os::unix::fs::symlink(&aside, &entry).unwrap();
     let run = provision(&rd, &cache);
@@ -258,7 +262,11 @@ fn exposed_folders_and_symlinked_entries_are_refused() {
     // A folder owned by another user (only checkable as root).
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        assert!(provision(&rd, &cache).stderr.contains("loaded from the compiled-code cache"));
+        assert!(
+            provision(&rd, &cache)
+                .stderr
+                .contains("loaded from the compiled-code cache")
+        );
         std::os::unix::fs::chown(&cache, Some(65534), Some(65534)).unwrap();
         let run = provision(&rd, &cache);
         assert_eq!(run.code, 0, "{}", run.stderr);
