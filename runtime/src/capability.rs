@@ -462,7 +462,9 @@ impl Gate {
                 "only http and https URLs are supported, got `{shown}`"
             )));
         }
-        if !self.job_urls.contains(url.trim()) {
+        // Exactly the string that will be fetched: a trimmed comparison
+        // let `<job URL>\u{3000}` through although the job never named it.
+        if !self.job_urls.contains(url) {
             return Err(Refusal::Denied(format!(
                 "URL {shown} is not one the job provides; connectors may only fetch URLs from the job (a fixed address the lab provides is a named endpoint, reached with http.call)"
             )));
@@ -679,6 +681,21 @@ impl UrlGrants {
             to.port_or_known_default().unwrap_or(0),
         ))
     }
+}
+
+/// Whether a named built-in endpoint's (`control-host`, `maas`) redirect
+/// from `from` to `to` may be followed: only on the same origin. The lab
+/// vouched for that server, not for wherever it points; following a 302
+/// elsewhere would hand an unconfigured address's answer to the
+/// connector, and a 307/308 would replay a POST with its body there.
+pub fn endpoint_redirect(from: Option<&reqwest::Url>, to: &reqwest::Url) -> Result<(), String> {
+    if from.is_some_and(|prev| prev.origin() == to.origin()) {
+        return Ok(());
+    }
+    Err(format!(
+        "it redirects to {}, another address than the one the lab configured; named endpoints follow redirects on their own origin only: point the device config at the final address",
+        redact_url(to.as_str()),
+    ))
 }
 
 impl fmt::Display for UrlGrants {
@@ -901,6 +918,12 @@ mod tests {
             Err(Refusal::Invalid(_))
         ));
         assert!(matches!(ask("not a url"), Err(Refusal::Invalid(_))));
+        // Compared exactly: Unicode white space is part of another URL.
+        for suffix in ["\u{3000}", "\u{a0}", " ", "\u{200b}"] {
+            let url = format!("https://images.lab/x.img{suffix}");
+            let err = denied(gate.check(Ask::JobUrl(Capability::Http, &url)));
+            assert!(err.contains("is not one the job provides"), "{err}");
+        }
         // The grant comes first: without it, even a job URL is denied.
         let other =
             Gate::new(subject(), caps.clone(), set(&[]), vec![], "lab").with_job_urls(urls.clone());

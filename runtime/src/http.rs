@@ -111,6 +111,8 @@ pub struct HttpClient {
     client: OnceLock<Result<reqwest::Client, String>>,
     /// For lab-defined endpoints: follows no redirect.
     direct: OnceLock<Result<reqwest::Client, String>>,
+    /// For the built-in endpoints: same-origin redirects only.
+    built_in: OnceLock<Result<reqwest::Client, String>>,
     extra_ca: Vec<std::path::PathBuf>,
     control_host_base: Option<String>,
     /// The lab's URL grants; redirects must stay within them.
@@ -137,6 +139,7 @@ impl HttpClient {
         Ok(HttpClient {
             client: OnceLock::new(),
             direct: OnceLock::new(),
+            built_in: OnceLock::new(),
             extra_ca: config.runtime.extra_ca_certs.clone(),
             control_host_base: control_host_base.map(|b| b.trim_end_matches('/').to_string()),
             url_grants: UrlGrants::default(),
@@ -186,6 +189,21 @@ impl HttpClient {
             .get_or_init(|| {
                 client_builder(&self.extra_ca).and_then(|b| {
                     b.redirect(reqwest::redirect::Policy::none())
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .as_ref()
+            .map_err(|e| HttpError::Setup(e.clone()))
+    }
+
+    /// The client for the built-in endpoints (`control-host`, `maas`):
+    /// redirects on the same origin only ([`capability::endpoint_redirect`]).
+    fn built_in_client(&self) -> Result<&reqwest::Client, HttpError> {
+        self.built_in
+            .get_or_init(|| {
+                client_builder(&self.extra_ca).and_then(|b| {
+                    b.redirect(endpoint_redirect_policy())
                         .build()
                         .map_err(|e| e.to_string())
                 })
@@ -295,7 +313,7 @@ impl HttpClient {
         req.url = self.endpoint_url(endpoint, &req.url)?;
         self.sign(endpoint, &mut req.headers)?;
         let client = if endpoints::BUILT_IN.contains(&endpoint) {
-            self.client()?
+            self.built_in_client()?
         } else {
             self.direct_client()?
         };
@@ -420,6 +438,21 @@ pub fn redirect_policy(grants: UrlGrants) -> reqwest::redirect::Policy {
         // reqwest itself never follows a redirect to another scheme than
         // http(s): it returns the 3xx response.
         match grants.redirect(attempt.previous().last(), attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(msg) => attempt.error(RedirectRefused(msg)),
+        }
+    })
+}
+
+/// The redirect policy of the built-in named endpoints: at most
+/// [`MAX_REDIRECTS`] hops, each on the origin it leaves.
+fn endpoint_redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            let msg = format!("more than {MAX_REDIRECTS} redirects");
+            return attempt.error(RedirectRefused(msg));
+        }
+        match capability::endpoint_redirect(attempt.previous().last(), attempt.url()) {
             Ok(()) => attempt.follow(),
             Err(msg) => attempt.error(RedirectRefused(msg)),
         }
@@ -614,6 +647,54 @@ mod tests {
         let open = HttpClient::new(&config).unwrap();
         let ok = open.send(get("/away"), 1 << 20).await.unwrap();
         assert_eq!(ok.body, b"INTERNAL");
+    }
+
+    /// A control host (or MAAS) that answers with a redirect to another
+    /// address does not hand that address's answer to the connector, and a
+    /// 307 does not replay a POST body there; same-origin redirects still
+    /// work (issue 15, item 2).
+    #[tokio::test]
+    async fn built_in_endpoints_follow_same_origin_redirects_only() {
+        use labsim::web::{Reply, WebServer};
+        let elsewhere = WebServer::start("127.0.0.1", |_| Reply::text("ELSEWHERE")).unwrap();
+        let to = elsewhere.url();
+        let control = WebServer::start("127.0.0.1", move |r| {
+            let (status, location) = match r.path_only() {
+                "/away" => (302, format!("{to}/x")),
+                "/post" => (307, format!("{to}/y")),
+                "/moved" => (301, "/final".to_string()),
+                _ => return Reply::text("control"),
+            };
+            Reply::Full {
+                status,
+                headers: vec![("location".into(), location)],
+                body: Default::default(),
+            }
+        })
+        .unwrap();
+        let config = DeviceConfig::parse(
+            Path::new("c"),
+            &format!(
+                "connector_runtime:\n  control_host_url: {}\n",
+                control.url()
+            ),
+        )
+        .unwrap();
+        let http = HttpClient::new(&config).unwrap();
+        let call = |method: &str, path: &str| {
+            let mut req = Request::get(path, Duration::from_secs(5));
+            req.method = method.into();
+            req.body = b"secret body".to_vec();
+            http.call_endpoint(endpoints::CONTROL_HOST, req, 1 << 20)
+        };
+        let err = call("GET", "/away").await.unwrap_err();
+        assert!(matches!(err, HttpError::Redirect { .. }), "{err}");
+        assert!(err.to_string().contains("another address"), "{err}");
+        let err = call("POST", "/post").await.unwrap_err();
+        assert!(matches!(err, HttpError::Redirect { .. }), "{err}");
+        assert!(elsewhere.requests().is_empty());
+        let ok = call("GET", "/moved").await.unwrap();
+        assert_eq!(ok.body, b"control");
     }
 
     /// The lab vouched for a lab-defined endpoint's base URL only: its

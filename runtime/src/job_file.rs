@@ -165,9 +165,14 @@ impl JobFile {
 fn collect_urls(value: &Value, out: &mut BTreeSet<String>) {
     match value {
         Value::String(s) => {
-            let trimmed = s.trim();
+            // The string as written, and without ASCII white space (a
+            // trailing newline from a YAML block); never a Unicode trim:
+            // the gate compares exactly what is fetched, and `x\u{3000}`
+            // is another URL than `x` (issue 15, item 10).
+            let trimmed = s.trim_matches(|c: char| c.is_ascii_whitespace());
             if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
                 out.insert(trimmed.to_string());
+                out.insert(s.clone());
             }
         }
         Value::Array(items) => items.iter().for_each(|v| collect_urls(v, out)),
