@@ -496,10 +496,15 @@ impl Gate {
         } = &self.subject;
         let ms = line.duration.as_millis();
         let (call, capability, result) = (line.call, line.capability, line.result);
-        if result == "denied" {
-            tracing::warn!(target: "tfdc::audit", connector = %connector, version = %version, stage = %stage, call = %call, capability = %capability, target = %quote(line.target), result = %result, duration_ms = ms, "audit");
+        // Allowed calls are routine: the JSON file has them, stderr only at
+        // DEBUG, so the agent log reads like the reference's. Denials and
+        // limits are what an operator must act on: WARNING, with the
+        // refusal (which names the grant line to add).
+        if matches!(result, "denied" | "limit") {
+            let detail = quote(line.detail.unwrap_or(""));
+            tracing::warn!(target: "tfdc::audit", connector = %connector, version = %version, stage = %stage, call = %call, capability = %capability, target = %quote(line.target), result = %result, duration_ms = ms, detail = %detail, "audit");
         } else {
-            tracing::info!(target: "tfdc::audit", connector = %connector, version = %version, stage = %stage, call = %call, capability = %capability, target = %quote(line.target), result = %result, duration_ms = ms, "audit");
+            tracing::debug!(target: "tfdc::audit", connector = %connector, version = %version, stage = %stage, call = %call, capability = %capability, target = %quote(line.target), result = %result, duration_ms = ms, "audit");
         }
         if let Some(file) = &self.json {
             let json = serde_json::json!({

@@ -39,6 +39,27 @@ pub struct StageArgs {
 /// file's `audit_log`).
 pub const AUDIT_ENV: &str = "TFDC_AUDIT_LOG";
 
+/// The audit file used when neither [`AUDIT_ENV`] nor the lab file names
+/// one: `$XDG_STATE_HOME/testflinger-device-connectors/audit.jsonl`, or
+/// `~/.local/state/testflinger-device-connectors/audit.jsonl` (the XDG
+/// default), so every host call is recorded without configuration.
+pub fn default_audit_path() -> Option<std::path::PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::PathBuf::from(h).join(".local/state"))
+        })?;
+    Some(
+        state
+            .join("testflinger-device-connectors")
+            .join("audit.jsonl"),
+    )
+}
+
 /// Runs one stage and returns the process exit status. Every failure ends
 /// up logged, in `device-connector-error.json`, and as status 1 or 46.
 pub fn run_stage(args: StageArgs) -> u8 {
@@ -277,6 +298,28 @@ async fn run_connector(
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from)
         .or_else(|| lab.as_ref().and_then(|l| l.file.audit_log.clone()));
+    // Without configuration, the default location; its directory is
+    // created on first use. An explicit path that cannot be opened fails
+    // the stage (the operator asked for it); a default one that cannot
+    // falls back to the run directory so the calls are still recorded.
+    let audit_path = match audit_path {
+        Some(path) => Some(path),
+        None => {
+            let default = default_audit_path().filter(|p| {
+                p.parent()
+                    .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+                    && std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .is_ok()
+            });
+            if default.is_none() {
+                tracing::warn!(target: "tfdc::run", "cannot write the default audit file ({}); recording host calls in audit.jsonl of the run directory instead; set {AUDIT_ENV} or `audit_log` in the lab file", default_audit_path().map(|p| p.display().to_string()).unwrap_or_else(|| "HOME is not set".into()));
+            }
+            Some(default.unwrap_or_else(|| std::path::PathBuf::from("audit.jsonl")))
+        }
+    };
     if let Some(path) = audit_path {
         gate = gate.with_json_audit(&path).map_err(|e| {
             StageError::failed(

@@ -396,3 +396,45 @@ fn components_from_another_wit_line_or_without_manifest_are_refused() {
         run.stderr
     );
 }
+
+/// Without configuration, the audit trail goes to the default JSON-lines
+/// file under the XDG state directory, and allowed calls stay off the agent
+/// log at INFO.
+#[test]
+fn audit_defaults_to_the_state_file_and_stays_off_the_agent_log() {
+    let rd = fake_setup();
+    let out = rd
+        .command(&[
+            "fake_connector",
+            "provision",
+            "-c",
+            "default.yaml",
+            "testflinger.json",
+        ])
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("TFDC_AUDIT_LOG")
+        .output()
+        .unwrap();
+    let run = crate::common::finish(out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let file = rd
+        .home()
+        .join(".local/state/testflinger-device-connectors/audit.jsonl");
+    // fake_connector's provision may make no host call; the file must
+    // still be opened at the default place (its lines are checked by the
+    // hostile suite through the same writer).
+    assert!(
+        file.is_file(),
+        "no default audit file at {}",
+        file.display()
+    );
+    for l in std::fs::read_to_string(&file).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["call"].is_string(), "{l}");
+    }
+    assert!(
+        !run.stderr.contains("INFO: DEVICE CONNECTOR: audit"),
+        "{}",
+        run.stderr
+    );
+}
