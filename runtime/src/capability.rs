@@ -794,6 +794,9 @@ pub fn config_need(cap: Capability, name: &str, endpoints: &Endpoints) -> Option
             &[crate::maas_auth::URL_KEY, crate::maas_auth::API_KEY_KEY],
             false,
         ),
+        (Capability::Http, endpoints::TESTFLINGER_SERVER) => {
+            need(&[endpoints::TESTFLINGER_SERVER_KEY], false)
+        }
         (Capability::Http, endpoints::JOB_URLS)
         | (Capability::Transfer, endpoints::JOB_URLS)
         | (Capability::Transfer, "attachments") => need(&[], false),
@@ -1173,5 +1176,14 @@ mod tests {
             None
         );
         assert!(config_need(Capability::Http, "maas", &lab).is_some_and(|n| n.keys.len() == 2));
+        // The Testflinger server is built in: a connector granted it needs
+        // `testflinger_server` in the device config.
+        assert_eq!(
+            config_need(Capability::Http, "testflinger-server", &Endpoints::new()),
+            Some(ConfigNeed {
+                keys: vec!["testflinger_server".into()],
+                optional: false
+            })
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Named HTTP endpoints: fixed addresses a connector reaches with
 //! `http.call(<name>, ..)`, each a capability (`http: [<name>]`).
 //!
-//! Two are built in: [`CONTROL_HOST`] (`http://<control_host>:8000`) and
-//! [`MAAS`] (`maas_url`, signed with `maas_api_key`). A lab adds its own
+//! Three are built in: [`CONTROL_HOST`] (`http://<control_host>:8000`),
+//! [`MAAS`] (`maas_url`, signed with `maas_api_key`) and
+//! [`TESTFLINGER_SERVER`] (`testflinger_server`, the server the agent
+//! serves, which `multi` books child jobs on). A lab adds its own
 //! (a mirror, a preseed repository ...) as a name and a base URL, nothing
 //! else, under `endpoints:` in the lab file or `connector_runtime.endpoints`
 //! in a device config; the device config's entry wins for its device. A
@@ -15,8 +17,12 @@ use std::collections::BTreeMap;
 pub const CONTROL_HOST: &str = "control-host";
 /// The MAAS region API.
 pub const MAAS: &str = "maas";
+/// The Testflinger server (device-config key [`TESTFLINGER_SERVER_KEY`]).
+pub const TESTFLINGER_SERVER: &str = "testflinger-server";
+/// The device-config key holding the Testflinger server's URL.
+pub const TESTFLINGER_SERVER_KEY: &str = "testflinger_server";
 /// The endpoints the runtime defines itself.
-pub const BUILT_IN: [&str; 2] = [CONTROL_HOST, MAAS];
+pub const BUILT_IN: [&str; 3] = [CONTROL_HOST, MAAS, TESTFLINGER_SERVER];
 /// The `http` capability name of URLs the job provides: not an endpoint,
 /// so no endpoint may take the name.
 pub const JOB_URLS: &str = "job-urls";
@@ -29,7 +35,7 @@ pub fn check(name: &str, base: &str) -> Result<(), String> {
     if BUILT_IN.contains(&name) || name == JOB_URLS {
         return Err(format!(
             "`{name}` is reserved ({} are built in, `{JOB_URLS}` names the job's URLs); choose another name",
-            BUILT_IN.join(" and ")
+            BUILT_IN.join(", ")
         ));
     }
     if name.is_empty()
@@ -90,7 +96,7 @@ mod tests {
     fn names_and_base_urls_are_checked() {
         assert!(check("mirror", "http://mirror.lab:8080/ubuntu").is_ok());
         assert!(check("preseed.v2", "https://10.0.0.1/").is_ok());
-        for reserved in ["control-host", "maas", "job-urls"] {
+        for reserved in ["control-host", "maas", "testflinger-server", "job-urls"] {
             let err = check(reserved, "http://x/").unwrap_err();
             assert!(err.contains("reserved"), "{err}");
         }

@@ -122,6 +122,8 @@ pub struct HttpClient {
     endpoints: Endpoints,
     /// `maas_url`, checked when first used.
     maas_base: Option<String>,
+    /// `testflinger_server`, checked when first used.
+    testflinger_base: Option<String>,
     /// `maas_api_key`, parsed with the config; a malformed key is reported
     /// when the endpoint is first used (naming the key, never its value).
     maas_credentials: Option<Result<MaasCredentials, maas_auth::CredentialsError>>,
@@ -150,6 +152,9 @@ impl HttpClient {
             maas_credentials: config
                 .string(maas_auth::API_KEY_KEY)
                 .map(|k| MaasCredentials::parse(&k)),
+            testflinger_base: config
+                .string(endpoints::TESTFLINGER_SERVER_KEY)
+                .map(|b| b.trim().trim_end_matches('/').to_string()),
         })
     }
 
@@ -236,6 +241,23 @@ impl HttpClient {
                     message: format!(
                         "device config key `{}` {problem}; it must be the MAAS URL, like http://maas.example:5240/MAAS",
                         maas_auth::URL_KEY
+                    ),
+                })?;
+                Ok(base)
+            }
+            endpoints::TESTFLINGER_SERVER => {
+                let key = endpoints::TESTFLINGER_SERVER_KEY;
+                let base =
+                    self.testflinger_base
+                        .as_deref()
+                        .ok_or_else(|| HttpError::NotConfigured {
+                            endpoint: endpoint.into(),
+                            key: key.into(),
+                        })?;
+                endpoints::check_base_url(base).map_err(|problem| HttpError::BadConfig {
+                    endpoint: endpoint.into(),
+                    message: format!(
+                        "device config key `{key}` {problem}; it must be the Testflinger server's URL, like https://testflinger.example.com"
                     ),
                 })?;
                 Ok(base)
@@ -502,6 +524,40 @@ mod tests {
     use std::path::Path;
 
     #[test]
+    fn the_testflinger_server_comes_from_the_device_config() {
+        let http = |yaml: &str| {
+            HttpClient::new(&DeviceConfig::parse(Path::new("c"), yaml).unwrap()).unwrap()
+        };
+        let server = http("testflinger_server: 'https://tf.lab:8443/'\n");
+        assert_eq!(
+            server
+                .endpoint_url("testflinger-server", "/v1/job")
+                .unwrap(),
+            "https://tf.lab:8443/v1/job"
+        );
+        assert!(matches!(
+            server.endpoint_url("testflinger-server", "/../admin"),
+            Err(HttpError::Refused(Refusal::Denied(_)))
+        ));
+        assert!(matches!(
+            http("device_ip: 10.0.0.1\n").endpoint_url("testflinger-server", "/v1/job"),
+            Err(HttpError::NotConfigured { key, .. }) if key == "testflinger_server"
+        ));
+        let err = http("testflinger_server: tf.lab\n")
+            .endpoint_url("testflinger-server", "/v1/job")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("testflinger_server") && err.contains("is not a URL"),
+            "{err}"
+        );
+        // The host adds no credentials of its own to it.
+        let mut headers = Vec::new();
+        server.sign("testflinger-server", &mut headers).unwrap();
+        assert!(headers.is_empty());
+    }
+
+    #[test]
     fn endpoints_resolve_below_their_base() {
         let config = DeviceConfig::parse(
             Path::new("c"),
@@ -541,7 +597,7 @@ mod tests {
         ));
         let err = http.endpoint_url("bmc", "/").unwrap_err().to_string();
         assert!(
-            err.contains("known endpoints: control-host, maas, mirror, seed"),
+            err.contains("known endpoints: control-host, maas, testflinger-server, mirror, seed"),
             "{err}"
         );
         // Other endpoints are not signed.
